@@ -1,0 +1,120 @@
+"""The front of a steerable model: generate at every λ of a grid, score, average, measure.
+
+All (λ, prompt) rows go through one batched generation with a preference per row.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+
+from orchestrator.evaluation.metrics import hypervolume, inner_product, spacing, sparsity
+from orchestrator.model.generate import SamplingParams, generate
+from orchestrator.model.svd_lora import adapter_disabled
+
+
+@dataclass
+class Front:
+    objectives: tuple[str, ...]
+    preferences: np.ndarray  # [N, m]
+    points: np.ndarray  # [N, m]: mean score per objective at each λ
+    reference_point: list[float]
+    samples: list[dict] = field(default_factory=list)  # a few (prompt, λ, answer) for reading
+
+    def metrics(self) -> dict[str, float]:
+        result = {
+            "hypervolume": hypervolume(self.points, self.reference_point),
+            "inner_product": inner_product(self.preferences, self.points),
+            "sparsity": sparsity(self.points),
+            "spacing": spacing(self.points),
+        }
+        for i, name in enumerate(self.objectives):
+            result[f"spearman_{name}"] = steerability(self.preferences[:, i], self.points[:, i])
+        return result
+
+    def to_dict(self) -> dict:
+        return {
+            "objectives": list(self.objectives),
+            "reference_point": list(self.reference_point),
+            "points": [
+                {
+                    "preference": lam.tolist(),
+                    "scores": dict(zip(self.objectives, p.tolist(), strict=True)),
+                }
+                for lam, p in zip(self.preferences, self.points, strict=True)
+            ],
+            "metrics": self.metrics(),
+            "samples": self.samples,
+        }
+
+
+def steerability(weights: np.ndarray, scores: np.ndarray) -> float:
+    """Spearman rank correlation of an objective's weight λ_i with its score (1: steerable)."""
+    if np.ptp(weights) == 0 or np.ptp(scores) == 0:
+        return 0.0
+    return float(spearmanr(weights, scores).statistic)
+
+
+def evaluate_front(
+    model: nn.Module,
+    tokenizer,
+    task,
+    objectives: Sequence[str],
+    grid: torch.Tensor,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 96,
+    batch_size: int = 128,
+    reference_point: Sequence[float] | None = None,
+    samples_per_point: int = 1,
+) -> Front:
+    rows_lam = grid.repeat_interleave(len(prompts), dim=0)
+    rows_prompts = list(prompts) * len(grid)
+    answers = generate(
+        model,
+        tokenizer,
+        rows_prompts,
+        rows_lam,
+        SamplingParams(max_new_tokens=max_new_tokens),
+        batch_size=batch_size,
+    )
+    scores = task.score_batch(rows_prompts, answers, objectives)
+    points = scores.reshape(len(grid), len(prompts), len(objectives)).mean(axis=1)
+    samples = [
+        {"preference": rows_lam[i].tolist(), "prompt": rows_prompts[i], "answer": answers[i]}
+        for point in range(len(grid))
+        for i in range(point * len(prompts), point * len(prompts) + samples_per_point)
+    ]
+    return Front(
+        tuple(objectives),
+        grid.numpy().astype(np.float64),
+        points,
+        list(reference_point if reference_point is not None else task.reference_point(objectives)),
+        samples,
+    )
+
+
+def evaluate_base_point(
+    model: nn.Module,
+    tokenizer,
+    task,
+    objectives: Sequence[str],
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 96,
+    batch_size: int = 128,
+) -> np.ndarray:
+    """The base model's single point (the adapter switched off): what Panacea starts from."""
+    with adapter_disabled(model):
+        answers = generate(
+            model,
+            tokenizer,
+            prompts,
+            None,
+            SamplingParams(max_new_tokens=max_new_tokens),
+            batch_size=batch_size,
+        )
+    return task.score_batch(prompts, answers, objectives).mean(axis=0)

@@ -1,0 +1,130 @@
+"""Writing a front to disk: front.json (numbers), front.png (picture), report.md (for people)."""
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from orchestrator.atomic import atomic_write_text
+from orchestrator.evaluation.front import Front
+from orchestrator.evaluation.metrics import hypervolume, non_dominated
+
+
+def write_front(
+    out_dir: str | os.PathLike,
+    front: Front,
+    *,
+    base_point: np.ndarray | None = None,
+    title: str = "Pareto front",
+    extra: dict | None = None,
+) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = front.to_dict()
+    if base_point is not None:
+        payload["base_point"] = {
+            "scores": dict(zip(front.objectives, base_point.tolist(), strict=True)),
+            "hypervolume": hypervolume([base_point], front.reference_point),
+        }
+    payload.update(extra or {})
+    atomic_write_text(out / "front.json", json.dumps(payload, indent=2))
+    plot_front(out / "front.png", front, base_point=base_point, title=title)
+    atomic_write_text(out / "report.md", render_report(front, base_point, title, extra))
+    return out
+
+
+def plot_front(path: Path, front: Front, *, base_point=None, title: str = "Pareto front") -> None:
+    """2 objectives: the front with its λ labels; more: every pairwise projection."""
+    pairs = list(itertools.combinations(range(len(front.objectives)), 2))
+    fig = Figure(figsize=(5.2 * len(pairs), 4.6))
+    axes = fig.subplots(1, len(pairs), squeeze=False)
+    keep = non_dominated(front.points)
+    for ax, (i, j) in zip(axes[0], pairs, strict=True):
+        ax.plot(front.points[:, i], front.points[:, j], color="0.75", zorder=1)
+        ax.scatter(
+            front.points[keep, i],
+            front.points[keep, j],
+            c="tab:blue",
+            zorder=2,
+            label="Panacea at λ (non-dominated)",
+        )
+        if (~keep).any():
+            ax.scatter(
+                front.points[~keep, i],
+                front.points[~keep, j],
+                c="tab:blue",
+                alpha=0.35,
+                zorder=2,
+                label="dominated",
+            )
+        if len(front.objectives) == 2:
+            for point, label in _point_labels(front):
+                ax.annotate(label, point, fontsize=8, xytext=(4, 4), textcoords="offset points")
+            ax.set_title(f"labels: weight λ of {front.objectives[0]}", fontsize=9)
+        if base_point is not None:
+            ax.scatter(
+                base_point[i],
+                base_point[j],
+                marker="*",
+                s=180,
+                c="tab:red",
+                zorder=3,
+                label="base model",
+            )
+        ax.set_xlabel(front.objectives[i])
+        ax.set_ylabel(front.objectives[j])
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def _point_labels(front: Front) -> list[tuple[np.ndarray, str]]:
+    """One label per distinct point, the weight of the first objective; neighbouring λ that land
+    on the same point share a label ("0.0–0.3")."""
+    labels: list[tuple[np.ndarray, list[np.ndarray]]] = []
+    for lam, point in zip(front.preferences, front.points, strict=True):
+        if labels and np.array_equal(labels[-1][0], point):
+            labels[-1][1].append(lam)
+        else:
+            labels.append((point, [lam]))
+
+    return [
+        (point, f"{lams[0][0]:.1f}" if len(lams) == 1 else f"{lams[0][0]:.1f}–{lams[-1][0]:.1f}")
+        for point, lams in labels
+    ]
+
+
+def render_report(front: Front, base_point=None, title: str = "Pareto front", extra=None) -> str:
+    metrics = front.metrics()
+    lines = [
+        f"# {title}",
+        "",
+        "![front](front.png)",
+        "",
+        "| λ | " + " | ".join(front.objectives) + " |",
+    ]
+    lines.append("|" + "---|" * (len(front.objectives) + 1))
+    for lam, point in zip(front.preferences, front.points, strict=True):
+        lam_text = "(" + ", ".join(f"{x:.2f}" for x in lam) + ")"
+        lines.append(f"| {lam_text} | " + " | ".join(f"{x:.3f}" for x in point) + " |")
+    lines += ["", "| metric | value |", "|---|---|"]
+    lines += [f"| {name} | {value:.4f} |" for name, value in metrics.items()]
+    if base_point is not None:
+        base_hv = hypervolume([base_point], front.reference_point)
+        lines.append(f"| base model hypervolume | {base_hv:.4f} |")
+    lines += ["", f"Reference point: {front.reference_point}.", ""]
+    for name, value in (extra or {}).items():
+        lines.append(f"- {name}: {value}")
+    if front.samples:
+        lines += ["", "## Sample answers", ""]
+        for sample in front.samples:
+            lam_text = ", ".join(f"{x:.2f}" for x in sample["preference"])
+            lines += [f"**λ = ({lam_text})** — {sample['prompt']}", "", f"> {sample['answer']}", ""]
+    return "\n".join(lines) + "\n"

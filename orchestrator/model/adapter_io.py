@@ -1,0 +1,155 @@
+"""Saving, loading, merging and exporting SVD-LoRA adapters."""
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from orchestrator.atomic import atomic_directory
+from orchestrator.errors import MoaError
+from orchestrator.model.preference import PreferenceLike, validate_preference
+from orchestrator.model.svd_lora import (
+    SVDLoRAConfig,
+    adapter_parameters,
+    has_svd_lora,
+    inject_svd_lora,
+    preference,
+    svd_lora_config,
+    svd_lora_layers,
+    unwrap,
+)
+
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_FORMAT = "svd-lora/1"
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write the adapter tensors (safetensors) and its config (JSON); base weights are not saved."""
+    config = svd_lora_config(model)
+    tensors = {name: p.detach().cpu().contiguous() for name, p in adapter_parameters(model).items()}
+    with atomic_directory(directory) as tmp:
+        save_file(tensors, tmp / ADAPTER_WEIGHTS, metadata={"format": ADAPTER_FORMAT})
+        payload = {"format": ADAPTER_FORMAT, **config.to_dict()}
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(payload, indent=2))
+    return Path(directory)
+
+
+def read_adapter_config(directory: str | os.PathLike) -> SVDLoRAConfig:
+    path = Path(directory) / ADAPTER_CONFIG
+    if not path.is_file():
+        raise MoaError(f"no SVD-LoRA adapter at {directory}: {ADAPTER_CONFIG} is missing")
+    data = json.loads(path.read_text())
+    if data.get("format") != ADAPTER_FORMAT:
+        raise MoaError(f"{path} is not an SVD-LoRA adapter (format {data.get('format')!r})")
+    return SVDLoRAConfig.from_dict(data)
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Load a saved adapter into `model`, injecting SVD-LoRA first if the model has none."""
+    saved = read_adapter_config(directory)
+    weights = Path(directory) / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise MoaError(f"no SVD-LoRA adapter at {directory}: {ADAPTER_WEIGHTS} is missing")
+    if not has_svd_lora(model):
+        inject_svd_lora(
+            model,
+            saved.num_objectives,
+            saved.rank,
+            saved.alpha,
+            saved.target_modules,
+            objective_names=saved.objective_names,
+            init_std=saved.init_std,
+        )
+    current = svd_lora_config(model)
+    for field in ("num_objectives", "rank", "alpha", "target_modules"):
+        if getattr(current, field) != getattr(saved, field):
+            raise MoaError(
+                f"adapter at {directory} has {field}={getattr(saved, field)!r} but the model's "
+                f"adapter has {field}={getattr(current, field)!r}"
+            )
+    tensors = load_file(weights)
+    params = adapter_parameters(model)
+    if set(tensors) != set(params):
+        missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+        raise MoaError(
+            f"adapter at {directory} does not fit this model: missing {missing[:3]}, "
+            f"unexpected {extra[:3]}"
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            if tensors[name].shape != param.shape:
+                raise MoaError(
+                    f"adapter tensor {name} has shape {list(tensors[name].shape)}, "
+                    f"the model expects {list(param.shape)}"
+                )
+            param.copy_(tensors[name])
+    return model
+
+
+def merge_preference(
+    model: nn.Module, pref: PreferenceLike, *, normalize: bool = False
+) -> nn.Module:
+    """A plain copy of the model with W0 + ΔW(λ) merged into every adapted layer.
+
+    The steerable model is left untouched; the copy has no adapter and no λ.
+    """
+    lam = _single_preference(model, pref, normalize)
+    merged = copy.deepcopy(unwrap(model))
+    with preference(merged, lam), torch.no_grad():
+        for name, layer in list(svd_lora_layers(merged)):
+            base = layer.base
+            base.weight += layer.delta_weight().to(base.weight.dtype)
+            parent_name, _, child = name.rpartition(".")
+            setattr(merged.get_submodule(parent_name), child, base)
+    del merged.svd_lora_config
+    return merged.requires_grad_(True)  # a plain model, as from_pretrained gives it
+
+
+def export_lora(
+    model: nn.Module, pref: PreferenceLike, out_dir: str | os.PathLike, *, normalize: bool = False
+) -> Path:
+    """Write a standard PEFT LoRA adapter equal to the model at the fixed λ.
+
+    For fixed λ the SVD-LoRA branch is a rank-(k+m) LoRA with A = Vᵀ and B = (α/k)·U·diag(σ, sλ);
+    lora_alpha = r makes PEFT's own scaling 1. Load with `PeftModel.from_pretrained(base, out_dir)`.
+    """
+    lam = _single_preference(model, pref, normalize)
+    config = svd_lora_config(model)
+    tensors = {}
+    with preference(model, lam), torch.no_grad():
+        for name, layer in svd_lora_layers(model):
+            prefix = f"base_model.model.{name}"
+            tensors[f"{prefix}.lora_A.weight"] = layer.lora_v.detach().cpu().contiguous()
+            b = layer.lora_u * layer.singular_values()
+            tensors[f"{prefix}.lora_B.weight"] = b.detach().cpu().contiguous()
+    width = config.rank + config.num_objectives
+    base_name = getattr(getattr(model, "config", None), "_name_or_path", None)
+    lora_config = LoraConfig(
+        r=width,
+        lora_alpha=width,
+        target_modules=list(config.target_modules),
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_name or None,
+    )
+    with atomic_directory(out_dir) as tmp:
+        lora_config.save_pretrained(tmp)
+        save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+        (tmp / "preference.json").write_text(json.dumps({"preference": lam.tolist()}))
+    return Path(out_dir)
+
+
+def _single_preference(model: nn.Module, pref: PreferenceLike, normalize: bool) -> torch.Tensor:
+    lam = validate_preference(pref, svd_lora_config(model).num_objectives, normalize=normalize)
+    if lam.dim() != 1:
+        raise MoaError(
+            f"a merged or exported model takes one preference of shape [m]; got {list(lam.shape)}"
+        )
+    return lam

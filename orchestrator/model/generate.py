@@ -1,0 +1,159 @@
+"""Batched generation with a KV cache and a preference vector per row.
+
+One forward pass serves many different λ: each row of the batch carries its own λ into every
+SVD-LoRA layer. Prompts are left-padded; position ids skip the padding, so a row generates the same
+tokens in a batch as alone. Greedy when temperature is 0, else temperature / top-p sampling with a
+generator per row, so a seeded request gives the same text whatever batch it lands in.
+"""
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from orchestrator.data.encoding import prompt_text
+from orchestrator.errors import MoaError
+from orchestrator.model.preference import PreferenceLike, validate_preference
+from orchestrator.model.svd_lora import preference, svd_lora_config
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise MoaError(f"max_new_tokens must be ≥ 1; got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise MoaError(f"temperature must be ≥ 0; got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise MoaError(f"top_p must be in (0, 1]; got {self.top_p}")
+
+
+@torch.inference_mode()
+def generate_tokens(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    params: Sequence[SamplingParams],
+    eos_token_id: int,
+    pad_token_id: int,
+) -> list[list[int]]:
+    """New tokens for each left-padded row (EOS not included), one SamplingParams per row."""
+    rows = input_ids.shape[0]
+    device = input_ids.device
+    generators = [
+        torch.Generator(device=device).manual_seed(p.seed) if p.temperature > 0 else None
+        for p in params
+    ]
+    limits = torch.tensor([p.max_new_tokens for p in params], device=device)
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions)
+    cache, logits = out.past_key_values, out.logits[:, -1]
+    generated = torch.full((rows, int(limits.max())), pad_token_id, dtype=torch.long, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    for t in range(generated.shape[1]):
+        token = _next_tokens(logits, params, generators)
+        token = torch.where(done, torch.full_like(token, pad_token_id), token)
+        generated[:, t] = token
+        done |= (token == eos_token_id) | (t + 1 >= limits)
+        if bool(done.all()):
+            break
+        attention_mask = torch.cat([attention_mask, (~done).long().unsqueeze(-1)], dim=-1)
+        positions = positions[:, -1:] + 1
+        out = model(
+            input_ids=token.unsqueeze(-1),
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=cache,
+        )
+        cache, logits = out.past_key_values, out.logits[:, -1]
+    result = []
+    for row, limit in zip(generated.tolist(), limits.tolist(), strict=True):
+        row = row[:limit]
+        result.append(row[: row.index(eos_token_id)] if eos_token_id in row else row)
+    return result
+
+
+def _next_tokens(
+    logits: torch.Tensor, params: Sequence[SamplingParams], generators
+) -> torch.Tensor:
+    greedy = logits.argmax(-1)
+    if all(g is None for g in generators):
+        return greedy
+    tokens = greedy.clone()
+    for row, (p, generator) in enumerate(zip(params, generators, strict=True)):
+        if generator is None:
+            continue
+        probs = torch.softmax(logits[row].float() / p.temperature, dim=-1)
+        if p.top_p < 1:
+            sorted_probs, order = probs.sort(descending=True)
+            keep = sorted_probs.cumsum(-1) - sorted_probs < p.top_p  # always keeps the top token
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+        tokens[row] = torch.multinomial(probs, 1, generator=generator)[0]
+    return tokens
+
+
+def generate(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    preferences: PreferenceLike | None,
+    params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
+    *,
+    batch_size: int = 64,
+    max_prompt_tokens: int = 256,
+) -> list[str]:
+    """Answers to `prompts`, row i at preference row i ([N, m]); None: no adapter (or it is off)."""
+    if isinstance(params, SamplingParams):
+        params = [params] * len(prompts)
+    if len(params) != len(prompts):
+        raise MoaError(f"got {len(params)} sampling params for {len(prompts)} prompts")
+    lam = None
+    if preferences is not None:
+        lam = validate_preference(preferences, svd_lora_config(model).num_objectives)
+    if lam is not None and (lam.dim() != 2 or lam.shape[0] != len(prompts)):
+        raise MoaError(f"preferences must have shape [{len(prompts)}, m]; got {list(lam.shape)}")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    answers: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = slice(start, start + batch_size)
+            input_ids, attention_mask = _left_padded(
+                tokenizer, prompts[chunk], max_prompt_tokens, device
+            )
+            steering = nullcontext() if lam is None else preference(model, lam[chunk])
+            with steering:
+                tokens = generate_tokens(
+                    model,
+                    input_ids,
+                    attention_mask,
+                    params[chunk],
+                    tokenizer.eos_token_id,
+                    tokenizer.pad_token_id,
+                )
+            answers += tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    finally:
+        model.train(was_training)
+    return answers
+
+
+def _left_padded(tokenizer, prompts: Sequence[str], max_tokens: int, device) -> tuple:
+    encoded = [
+        tokenizer(prompt_text(tokenizer, p), add_special_tokens=False)["input_ids"][-max_tokens:]
+        for p in prompts
+    ]
+    width = max(len(ids) for ids in encoded)
+    input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention_mask[row, width - len(ids) :] = 1
+    return input_ids.to(device), attention_mask.to(device)

@@ -1,0 +1,20 @@
+"""Losses and their aggregation: pure functions of tensors, no models, Ray or data loading."""
+
+from orchestrator.objectives.aggregation import AGGREGATION_METHODS, aggregate
+from orchestrator.objectives.losses import (
+    per_objective_dpo_losses,
+    per_objective_sft_losses,
+    preference_loss,
+    sequence_logprobs,
+)
+from orchestrator.objectives.sampling import PreferenceSampler
+
+__all__ = [
+    "AGGREGATION_METHODS",
+    "PreferenceSampler",
+    "aggregate",
+    "per_objective_dpo_losses",
+    "per_objective_sft_losses",
+    "preference_loss",
+    "sequence_logprobs",
+]

@@ -1,0 +1,146 @@
+import pytest
+import torch
+
+from orchestrator.algorithms.panacea import PanaceaTrainer, panacea_loss, reference_logprobs
+from orchestrator.config import TrainSection
+from orchestrator.data.assistant_task import AssistantTask
+from orchestrator.data.encoding import collate_pairs, encode_pairs
+from orchestrator.model.loading import load_model, load_tokenizer
+from orchestrator.model.svd_lora import adapter_parameters, inject_svd_lora, preference
+
+OBJECTIVES = ("helpful", "harmless")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_base_dir):
+    return load_tokenizer(str(tiny_base_dir))
+
+
+@pytest.fixture(scope="module")
+def encoded(tokenizer):
+    pairs = AssistantTask(seed=0).preference_pairs(64, OBJECTIVES)
+    return encode_pairs(tokenizer, pairs, max_prompt_tokens=32, max_response_tokens=48)
+
+
+def steerable(tiny_base_dir, seed=0):
+    model = load_model(str(tiny_base_dir))
+    return inject_svd_lora(model, len(OBJECTIVES), rank=4, alpha=32, seed=seed)
+
+
+def train_config(**changes):
+    base = {"batch_size": 8, "max_steps": 4, "warmup_steps": 0, "learning_rate": 1e-2}
+    return TrainSection(**{**base, **changes})
+
+
+def test_training_makes_the_model_steerable(tiny_base_dir, tokenizer, encoded):
+    model = steerable(tiny_base_dir)
+    base_weights = {n: p.clone() for n, p in model.named_parameters() if "lora_" not in n}
+    batch = collate_pairs(encoded[:4], tokenizer.pad_token_id)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    with torch.no_grad(), preference(model, [1.0, 0.0]):
+        before_e1 = model(**inputs).logits
+    with torch.no_grad(), preference(model, [0.0, 1.0]):
+        before_e2 = model(**inputs).logits
+    assert torch.equal(before_e1, before_e2)  # zero init: λ has no effect yet
+
+    # At initialisation σ = s = 0: the gradient flows into s (and σ), not yet into U and V.
+    loss, _ = panacea_loss(model, batch, torch.tensor([0.3, 0.7]), train_config())
+    loss.backward()
+    scales = [p.grad for n, p in adapter_parameters(model).items() if n.endswith("lora_scale")]
+    assert all(g is not None for g in scales)
+    assert sum(g.abs().sum() for g in scales) > 0
+    model.zero_grad(set_to_none=True)
+
+    PanaceaTrainer(model, encoded, tokenizer.pad_token_id, train_config()).train(progress=False)
+    with torch.no_grad(), preference(model, [1.0, 0.0]):
+        after_e1 = model(**inputs).logits
+    with torch.no_grad(), preference(model, [0.0, 1.0]):
+        after_e2 = model(**inputs).logits
+    assert (after_e1 - after_e2).abs().max() > 1e-5  # float noise is ~1e-7
+    for name, param in model.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(param, base_weights[name]), f"{name} changed: base must stay frozen"
+
+
+def test_precomputed_reference_equals_reference_on_the_fly(tiny_base_dir, tokenizer, encoded):
+    model = steerable(tiny_base_dir)
+    with torch.no_grad():
+        for p in adapter_parameters(model).values():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = collate_pairs(encoded[:6], tokenizer.pad_token_id)
+    pref = torch.tensor([0.4, 0.6])
+    on_the_fly, losses = panacea_loss(model, batch, pref, train_config())
+    batch["reference_logps"] = reference_logprobs(model, batch)
+    precomputed, losses_pre = panacea_loss(model, batch, pref, train_config())
+    assert torch.allclose(on_the_fly, precomputed, atol=1e-6)
+    assert torch.allclose(losses, losses_pre, atol=1e-6)
+    # With a non-zero adapter the policy differs from the reference, so DPO losses move off log 2.
+    assert not torch.allclose(losses, torch.full_like(losses, 0.6931), atol=1e-4)
+
+
+def test_zero_adapter_gives_dpo_loss_log2_and_ls_aggregates_by_lambda(
+    tiny_base_dir, tokenizer, encoded
+):
+    model = steerable(tiny_base_dir)
+    batch = collate_pairs(encoded[:8], tokenizer.pad_token_id)
+    pref = torch.tensor([0.25, 0.75])
+    loss, losses = panacea_loss(model, batch, pref, train_config())
+    # π_θ = π_ref at init: h = 0 and every objective's DPO loss is −log σ(0) = log 2.
+    assert torch.allclose(losses, torch.full((2,), torch.log(torch.tensor(2.0)).item()), atol=1e-5)
+    assert loss.item() == pytest.approx((pref * losses.detach()).sum().item(), abs=1e-6)
+    tche, _ = panacea_loss(model, batch, pref, train_config(aggregation="tche"))
+    assert tche.item() == pytest.approx(0.75 * losses[1].item(), abs=1e-6)
+
+
+def test_same_seed_same_adapter_and_different_seed_differs(tiny_base_dir, tokenizer, encoded):
+    def run(seed):
+        model = steerable(tiny_base_dir)
+        PanaceaTrainer(model, encoded, tokenizer.pad_token_id, train_config(seed=seed)).train(
+            progress=False
+        )
+        return {n: p.detach().clone() for n, p in adapter_parameters(model).items()}
+
+    first, again, other = run(0), run(0), run(1)
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert any(not torch.equal(first[n], other[n]) for n in first)
+
+
+def test_gradient_accumulation_equals_one_big_batch(tiny_base_dir, tokenizer, encoded):
+    no_ties = [p for p in encoded if all(p.signs)]  # per-objective means then need no tie counts
+    assert len(no_ties) >= 16
+
+    def adapter_after(batch_size, accumulation):
+        model = steerable(tiny_base_dir)
+        cfg = train_config(batch_size=batch_size, grad_accum_steps=accumulation, max_steps=2)
+        trainer = PanaceaTrainer(model, no_ties, tokenizer.pad_token_id, cfg)
+        trainer.train(progress=False)
+        return adapter_parameters(model)
+
+    big, accumulated = adapter_after(16, 1), adapter_after(8, 2)
+    for name in big:
+        assert torch.allclose(big[name], accumulated[name], atol=1e-5), name
+
+
+def test_sft_loss_trains_the_preferred_responses(tiny_base_dir, tokenizer, encoded):
+    model = steerable(tiny_base_dir)
+    cfg = train_config(loss="sft", max_steps=3)
+    batch = collate_pairs(encoded[:8], tokenizer.pad_token_id)
+    pref = torch.tensor([0.5, 0.5])
+    before, _ = panacea_loss(model, batch, pref, cfg)
+    trainer = PanaceaTrainer(model, encoded[:8], tokenizer.pad_token_id, cfg)
+    history = trainer.train(progress=False)
+    after, _ = panacea_loss(model, batch, pref, cfg)
+    assert len(history) == 3 and history[-1].step == 3
+    assert after.item() < before.item()
+
+
+def test_step_results_report_lambda_and_throughput(tiny_base_dir, tokenizer, encoded):
+    model = steerable(tiny_base_dir)
+    trainer = PanaceaTrainer(model, encoded, tokenizer.pad_token_id, train_config(max_steps=2))
+    history = trainer.train(progress=False)
+    for result in history:  # step t is reported once done; it trained at the λ drawn for t − 1
+        assert result.preference == trainer.sampler.sample(result.step - 1).tolist()
+        assert sum(result.preference) == pytest.approx(1.0)
+        assert result.tokens > 0 and result.as_dict()["tokens_per_s"] > 0
+        assert len(result.objective_losses) == 2

@@ -1,0 +1,68 @@
+"""Fixtures for the model tests: tiny random Llamas and non-zero SVD-LoRA adapters."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from orchestrator.model.svd_lora import svd_lora_layers
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models run much faster on one thread, above all when the machine is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build_llama(
+    seed: int = 0,
+    *,
+    vocab_size: int = 128,
+    hidden_size: int = 32,
+    intermediate_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    tie_word_embeddings: bool = False,
+) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=128,
+        tie_word_embeddings=tie_word_embeddings,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def perturb_adapter(model: torch.nn.Module, seed: int = 1, std: float = 0.3) -> None:
+    """Give every adapter tensor (U, Vᵀ, σ, s) random non-zero values."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in svd_lora_layers(model):
+            for param in (layer.lora_u, layer.lora_v):
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+            layer.lora_sigma.copy_(torch.randn(layer.lora_sigma.shape, generator=generator))
+            layer.lora_scale.copy_(1.0 + torch.rand(1, generator=generator))
+
+
+@pytest.fixture(scope="session")
+def make_llama():
+    """A factory: make_llama(seed, **sizes) → a tiny random LlamaForCausalLM in eval mode.
+
+    The same seed and sizes give the same weights, so a call is a fresh copy of a base model.
+    """
+    return build_llama
+
+
+@pytest.fixture(scope="session")
+def perturb():
+    """perturb(model, seed=1, std=0.3): random non-zero values for all lora_* tensors."""
+    return perturb_adapter

@@ -1,0 +1,289 @@
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from orchestrator.data.encoding import encode_prompt
+from orchestrator.errors import MoaError
+from orchestrator.model.generate import SamplingParams, generate, generate_tokens
+from orchestrator.model.loading import load_model, load_tokenizer
+from orchestrator.model.svd_lora import (
+    adapter_disabled,
+    inject_svd_lora,
+    preference,
+    svd_lora_layers,
+)
+
+PROMPTS = [
+    "Hi",
+    "How do I start a campfire safely in the woods at night?",
+    "What are the steps to grow tomatoes?",
+    "Tell me a joke.",
+]
+LAMBDAS = [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.2, 0.8]]
+GREEDY = SamplingParams(max_new_tokens=10)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_base_dir):
+    return load_tokenizer(str(tiny_base_dir))
+
+
+@pytest.fixture
+def model(tiny_base_dir, perturb):
+    """The tiny base with a random non-zero SVD-LoRA adapter, so λ changes what it writes."""
+    steerable = inject_svd_lora(load_model(str(tiny_base_dir)), 2, rank=4, alpha=8.0)
+    perturb(steerable)
+    return steerable.eval()
+
+
+def left_pad(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = [encode_prompt(tokenizer, p, 64) for p in prompts]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+# --- batched generation with one λ per row ---------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_size", [4, 3], ids=["one-batch", "two-chunks"])
+def test_per_row_preferences_in_a_batch_equal_each_prompt_alone(model, tokenizer, batch_size):
+    lengths = {len(encode_prompt(tokenizer, p, 64)) for p in PROMPTS}
+    assert len(lengths) == len(PROMPTS)  # all different: left padding matters
+    batched = generate(model, tokenizer, PROMPTS, LAMBDAS, GREEDY, batch_size=batch_size)
+    alone = [
+        generate(model, tokenizer, [p], [lam], GREEDY)[0]
+        for p, lam in zip(PROMPTS, LAMBDAS, strict=True)
+    ]
+    assert batched == alone
+    assert all(text for text in batched)
+
+
+def test_per_row_tokens_equal_each_prompt_alone(model, tokenizer):
+    ids, mask = left_pad(tokenizer, PROMPTS)
+    params = [GREEDY] * len(PROMPTS)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    with preference(model, LAMBDAS):
+        batched = generate_tokens(model, ids, mask, params, eos, pad)
+    for row, lam in enumerate(LAMBDAS):
+        one_ids, one_mask = left_pad(tokenizer, [PROMPTS[row]])
+        assert one_mask.all()
+        with preference(model, lam):
+            assert generate_tokens(model, one_ids, one_mask, [GREEDY], eos, pad)[0] == batched[row]
+
+
+def naive_greedy(model, prompt_ids: list[int], steps: int) -> list[int]:
+    """Greedy decoding the slow way: the whole sequence again at every step, no KV cache."""
+    ids = list(prompt_ids)
+    with torch.no_grad():
+        for _ in range(steps):
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt_ids) :]
+
+
+def test_cached_batched_decoding_equals_naive_decoding(model, tokenizer):
+    ids, mask = left_pad(tokenizer, PROMPTS)
+    with preference(model, LAMBDAS):
+        batched = generate_tokens(model, ids, mask, [GREEDY] * 4, -1, tokenizer.pad_token_id)
+    for row, lam in enumerate(LAMBDAS):
+        with preference(model, lam):
+            want = naive_greedy(model, encode_prompt(tokenizer, PROMPTS[row], 64), 10)
+        assert batched[row] == want
+
+
+def test_preference_changes_the_generated_text(model, tokenizer):
+    """Makes the batch test meaningful: with this adapter λ really changes the answers."""
+    for prompt in PROMPTS[:2]:
+        texts = generate(model, tokenizer, [prompt] * 3, LAMBDAS[:3], GREEDY)
+        assert len(set(texts)) >= 2
+
+
+def test_generate_restores_the_previous_preference(model, tokenizer):
+    generate(model, tokenizer, PROMPTS[:2], LAMBDAS[:2], GREEDY)
+    assert all(layer.preference is None for _, layer in svd_lora_layers(model))
+
+
+def test_no_preference_with_the_adapter_off_is_the_base_model(model, tokenizer, tiny_base_dir):
+    base = load_model(str(tiny_base_dir)).eval()
+    with adapter_disabled(model):
+        off = generate(model, tokenizer, PROMPTS, None, GREEDY)
+    assert off == generate(base, tokenizer, PROMPTS, None, GREEDY)
+    with pytest.raises(MoaError, match="set_preference"):
+        generate(model, tokenizer, PROMPTS, None, GREEDY)
+
+
+# --- stopping: EOS and max_new_tokens, per row -----------------------------------------------
+
+
+def free_run(model, tokenizer, max_new_tokens: int = 10) -> list[list[int]]:
+    """Tokens generated with an EOS id that never occurs: every row runs to its limit."""
+    ids, mask = left_pad(tokenizer, PROMPTS)
+    params = [SamplingParams(max_new_tokens=max_new_tokens)] * len(PROMPTS)
+    with preference(model, LAMBDAS):
+        return generate_tokens(model, ids, mask, params, -1, tokenizer.pad_token_id)
+
+
+def test_each_row_stops_at_its_first_eos(model, tokenizer):
+    free = free_run(model, tokenizer)
+    assert all(len(row) == 10 for row in free)
+    # use as "EOS" a token that row 0 writes first at step i ≥ 2
+    step = next(i for i in range(2, 10) if free[0][i] not in free[0][:i])
+    eos = free[0][step]
+    ids, mask = left_pad(tokenizer, PROMPTS)
+    with preference(model, LAMBDAS):
+        out = generate_tokens(model, ids, mask, [GREEDY] * 4, eos, tokenizer.pad_token_id)
+    assert out[0] == free[0][:step]
+    for row in range(4):
+        want = free[row][: free[row].index(eos)] if eos in free[row] else free[row]
+        assert out[row] == want
+        assert eos not in out[row]
+    assert max(len(row) for row in out) > step  # other rows went on after row 0 stopped
+
+
+def test_each_row_stops_at_its_own_max_new_tokens(model, tokenizer):
+    free = free_run(model, tokenizer)
+    ids, mask = left_pad(tokenizer, PROMPTS)
+    limits = [3, 7, 1, 10]
+    params = [SamplingParams(max_new_tokens=n) for n in limits]
+    with preference(model, LAMBDAS):
+        out = generate_tokens(model, ids, mask, params, -1, tokenizer.pad_token_id)
+    assert [len(row) for row in out] == limits
+    assert all(out[r] == free[r][: limits[r]] for r in range(4))
+
+
+# --- sampling --------------------------------------------------------------------------------
+
+SEEDS = [11, 22, 33, 44]
+
+
+def sampled(seed: int, top_p: float = 0.9, temperature: float = 1.0) -> SamplingParams:
+    return SamplingParams(max_new_tokens=10, temperature=temperature, top_p=top_p, seed=seed)
+
+
+def test_seeded_sampling_is_reproducible_and_the_same_in_a_batch_as_alone(model, tokenizer):
+    params = [sampled(seed) for seed in SEEDS]
+    batched = generate(model, tokenizer, PROMPTS, LAMBDAS, params)
+    assert generate(model, tokenizer, PROMPTS, LAMBDAS, params) == batched
+    for row in range(4):
+        alone = generate(model, tokenizer, [PROMPTS[row]], [LAMBDAS[row]], [params[row]])
+        assert alone == [batched[row]]
+    # meaningful: this is not greedy decoding, and the seed matters
+    assert batched != generate(model, tokenizer, PROMPTS, LAMBDAS, GREEDY)
+    same_prompt = generate(model, tokenizer, [PROMPTS[1]] * 4, [LAMBDAS[0]] * 4, params)
+    assert len(set(same_prompt)) >= 2
+
+
+def test_a_tiny_top_p_is_greedy_and_temperature_zero_ignores_the_seed(model, tokenizer):
+    greedy = generate(model, tokenizer, PROMPTS, LAMBDAS, GREEDY)
+    nucleus_of_one = [sampled(seed, top_p=1e-6) for seed in SEEDS]
+    assert generate(model, tokenizer, PROMPTS, LAMBDAS, nucleus_of_one) == greedy
+    seeded_greedy = [SamplingParams(max_new_tokens=10, seed=seed) for seed in SEEDS]
+    assert generate(model, tokenizer, PROMPTS, LAMBDAS, seeded_greedy) == greedy
+
+
+class FixedLogits(nn.Module):
+    """A stand-in LM whose next-token distribution is the same at every step."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.register_buffer("fixed", logits)
+
+    def forward(self, input_ids, attention_mask, position_ids, past_key_values=None):
+        batch, length = input_ids.shape
+        return SimpleNamespace(
+            logits=self.fixed.expand(batch, length, -1), past_key_values=past_key_values
+        )
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_p", "expected"),
+    [
+        (1.0, 1.0, [0.5, 0.3, 0.15, 0.05]),
+        (1.0, 0.7, [0.625, 0.375, 0.0, 0.0]),  # nucleus {0, 1}: cumsum before each < 0.7
+        (1.0, 0.9, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0]),
+        (0.5, 1.0, [0.25 / 0.345, 0.09 / 0.345, 0.0225 / 0.345, 0.0025 / 0.345]),
+    ],
+)
+def test_sampling_follows_temperature_and_top_p(temperature, top_p, expected):
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    lm = FixedLogits(probs.log())
+    params = [SamplingParams(max_new_tokens=2000, temperature=temperature, top_p=top_p, seed=7)]
+    ids, mask = torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long)
+    tokens = torch.tensor(generate_tokens(lm, ids, mask, params, -1, 0)[0])
+    assert tokens.numel() == 2000
+    freq = torch.bincount(tokens, minlength=4).float() / 2000
+    torch.testing.assert_close(freq, torch.tensor(expected), atol=0.045, rtol=0)
+    assert all(freq[i] == 0 for i, p in enumerate(expected) if p == 0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens must be ≥ 1; got 0"),
+        ({"temperature": -0.5}, "temperature must be ≥ 0; got -0.5"),
+        ({"top_p": 0.0}, r"top_p must be in \(0, 1\]; got 0"),
+        ({"top_p": 1.5}, r"top_p must be in \(0, 1\]; got 1.5"),
+        ({"top_p": -0.1}, "top_p must be in"),
+    ],
+)
+def test_sampling_params_validation(kwargs, message):
+    with pytest.raises(MoaError, match=message):
+        SamplingParams(**kwargs)
+
+
+def test_sampling_params_edges_are_accepted():
+    SamplingParams(max_new_tokens=1, temperature=0.0, top_p=1.0)
+    SamplingParams(temperature=2.0, top_p=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("preferences", "params", "message"),
+    [
+        ([0.5, 0.5], GREEDY, r"preferences must have shape \[2, m\]; got \[2\]"),
+        ([[0.5, 0.5]] * 3, GREEDY, r"must have shape \[2, m\]; got \[3, 2\]"),
+        ([[0.5, 0.5]] * 2, [GREEDY] * 3, "got 3 sampling params for 2 prompts"),
+        ([[0.5, 0.5], [-1.0, 2.0]], GREEDY, "non-negative"),
+        ([[0.5, 0.5], [0.5, 0.6]], GREEDY, "sum to 1"),
+        ([[[0.5, 0.5]], [[0.5, 0.5]]], GREEDY, r"shape \[2\] or \[batch, 2\]"),
+    ],
+    ids=["1-d", "row-count", "params-count", "negative", "sum", "3-d"],
+)
+def test_generate_argument_errors(model, tokenizer, preferences, params, message):
+    with pytest.raises(MoaError, match=message):
+        generate(model, tokenizer, PROMPTS[:2], preferences, params)
+
+
+@pytest.mark.parametrize(
+    "preferences",
+    [[[0.5, 0.5], [0.2, 0.3, 0.5]], [["a", "b"], ["c", "d"]], [[None, None], [0.5, 0.5]]],
+    ids=["ragged", "strings", "none"],
+)
+def test_generate_rejects_malformed_preferences_with_moa_error(model, tokenizer, preferences):
+    with pytest.raises(MoaError, match="preference"):
+        generate(model, tokenizer, PROMPTS[:2], preferences, GREEDY)
+
+
+# --- train / eval mode -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_generate_runs_in_eval_mode_and_restores_the_mode(model, tokenizer, training):
+    model.train(training)
+    seen = []
+    handle = model.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    try:
+        generate(model, tokenizer, PROMPTS[:2], LAMBDAS[:2], GREEDY)
+    finally:
+        handle.remove()
+    assert seen and not any(seen)
+    assert all(m.training is training for m in model.modules())
+
+
+def test_mode_is_restored_when_generation_fails(model, tokenizer):
+    model.train()
+    with pytest.raises(MoaError, match="non-negative"):
+        generate(model, tokenizer, PROMPTS[:2], [[1.0, 0.0], [-1.0, 2.0]], GREEDY)
+    assert all(m.training for m in model.modules())

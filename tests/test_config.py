@@ -1,0 +1,53 @@
+import pytest
+
+from orchestrator.config import RunConfig, load_config
+from orchestrator.errors import MoaError
+
+
+def test_defaults_are_the_demo():
+    cfg = load_config()
+    assert cfg == RunConfig()
+    assert cfg.model.name_or_path == "builtin:tiny"
+    assert cfg.data.objectives == ["helpful", "harmless"]
+
+
+def test_yaml_file_and_dotted_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "train:\n  beta: 0.2\n  aggregation: tche\ndata:\n  objectives: [helpful, concise]\n"
+    )
+    cfg = load_config(path, ["train.beta=0.5", "adapter.target_modules=[q_proj, v_proj]"])
+    assert cfg.train.beta == 0.5
+    assert cfg.train.aggregation == "tche"
+    assert cfg.data.objectives == ["helpful", "concise"]
+    assert cfg.adapter.target_modules == ["q_proj", "v_proj"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.lr=0.1"], "unknown field 'train.lr'"),
+        (["trainer.beta=0.1"], "unknown field 'trainer'"),
+        (["train.beta=high"], "field 'train.beta'"),
+        (["train.learning_rate=-1"], "field 'train.learning_rate': Input should be greater than 0"),
+        (["adapter.rank=0"], "field 'adapter.rank'"),
+        (["train.aggregation=mean"], "field 'train.aggregation'"),
+        (["train.vertex_probability=1.5"], "field 'train.vertex_probability'"),
+        (["data.objectives=[helpful, helpful]"], "objectives must be distinct"),
+        (["data.source=jsonl"], "needs data.path"),
+        (["data.source=pku_saferlhf"], "set eval.enabled: false"),
+        (["eval.reference_point=[0, 0, 0]"], "eval.reference_point has 3 values for 2"),
+        (["train.beta"], "must look like section.field=value"),
+    ],
+)
+def test_bad_config_names_the_field(overrides, message):
+    with pytest.raises(MoaError, match=message):
+        load_config(None, overrides)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(MoaError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(MoaError, match="mapping of sections"):
+        load_config(tmp_path / "list.yaml")
