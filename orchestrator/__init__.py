@@ -1,30 +1,31 @@
-"""Multi-objective alignment: one language model steerable to any trade-off by a preference λ."""
+"""Multi-objective alignment: one language model steerable to any trade-off by a preference λ.
 
-from orchestrator.errors import MoaError
-from orchestrator.evaluation.metrics import hypervolume
-from orchestrator.model.adapter_io import export_lora, load_adapter, merge_preference, save_adapter
-from orchestrator.model.generate import SamplingParams, generate
-from orchestrator.model.svd_lora import (
-    adapter_disabled,
-    inject_svd_lora,
-    preference,
-    set_preference,
-)
-from orchestrator.objectives import PreferenceSampler, aggregate
+The public API is importable from here. Names load on first use, so that `import orchestrator`
+(and the CLI, and light modules like the built-in task) do not pay for torch and transformers.
+"""
 
-__all__ = [
-    "MoaError",
-    "PreferenceSampler",
-    "SamplingParams",
-    "adapter_disabled",
-    "aggregate",
-    "export_lora",
-    "generate",
-    "hypervolume",
-    "inject_svd_lora",
-    "load_adapter",
-    "merge_preference",
-    "preference",
-    "save_adapter",
-    "set_preference",
-]
+import importlib
+
+_EXPORTS = {
+    "MoaError": "orchestrator.errors",
+    "hypervolume": "orchestrator.evaluation.metrics",
+    "export_lora": "orchestrator.model.adapter_io",
+    "load_adapter": "orchestrator.model.adapter_io",
+    "merge_preference": "orchestrator.model.adapter_io",
+    "save_adapter": "orchestrator.model.adapter_io",
+    "SamplingParams": "orchestrator.model.generate",
+    "generate": "orchestrator.model.generate",
+    "adapter_disabled": "orchestrator.model.svd_lora",
+    "inject_svd_lora": "orchestrator.model.svd_lora",
+    "preference": "orchestrator.model.svd_lora",
+    "set_preference": "orchestrator.model.svd_lora",
+    "PreferenceSampler": "orchestrator.objectives",
+    "aggregate": "orchestrator.objectives",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

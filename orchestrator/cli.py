@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
-        "demo", help="train the tiny built-in model on helpful vs harmless and show its front"
+        "demo",
+        help="train the tiny built-in model on helpful vs harmless and show its front "
+        "(replaces the output folder)",
     )
     demo.add_argument("--quick", action="store_true", help="a minute-long smoke run (for tests)")
     demo.add_argument("--output-dir", default="runs/demo")
@@ -45,16 +47,14 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(run_dir: str, output_dir: str | None, overrides: list[str]) -> None:
     from pathlib import Path
 
-    from orchestrator.config import load_config
     from orchestrator.workflow import evaluate_run, load_run
 
-    cfg, tokenizer, model = load_run(run_dir)
     bad = [o for o in overrides if not o.startswith("eval.")]
     if bad:
         raise MoaError(f"moa eval only takes eval.* overrides; got {bad}")
-    cfg = load_config(Path(run_dir) / "config.yaml", overrides)
+    cfg, tokenizer, model = load_run(run_dir, overrides)
     out_dir = Path(output_dir or Path(run_dir) / "eval")
-    front, _ = evaluate_run(cfg, model, tokenizer, out_dir)
+    front = evaluate_run(cfg, model, tokenizer, out_dir)
     metrics = front.metrics()
     print(
         f"hypervolume {metrics['hypervolume']:.4f}, inner product {metrics['inner_product']:.4f}, "

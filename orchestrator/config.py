@@ -24,6 +24,7 @@ class Section(BaseModel):
 class ModelSection(Section):
     name_or_path: str = "builtin:tiny"  # a hub id, a local directory, or the built-in tiny model
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"  # auto: GPU if any
 
 
 class AdapterSection(Section):
@@ -46,9 +47,9 @@ class DataSection(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "DataSection":
-        if len(set(self.objectives)) != len(self.objectives) or not self.objectives:
+        if len(set(self.objectives)) != len(self.objectives) or len(self.objectives) < 2:
             raise ValueError(
-                f"objectives must be distinct names, at least one; got {self.objectives}"
+                f"objectives must be at least two distinct names; got {self.objectives}"
             )
         if self.source == "jsonl" and not self.path:
             raise ValueError("source 'jsonl' needs data.path")

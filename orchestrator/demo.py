@@ -5,10 +5,8 @@ import torch
 from orchestrator.config import RunConfig, load_config
 from orchestrator.data.assistant_task import AssistantTask, topic_of
 from orchestrator.errors import MoaError
-from orchestrator.evaluation.metrics import hypervolume
-from orchestrator.model.adapter_io import load_adapter
 from orchestrator.model.generate import SamplingParams, generate
-from orchestrator.workflow import RunResult, build_model, run_panacea
+from orchestrator.workflow import RunResult, run_panacea
 
 QUICK_OVERRIDES = [
     "model.name_or_path=builtin:tiny-quick",
@@ -19,15 +17,14 @@ QUICK_OVERRIDES = [
     "eval.grid_divisions=4",
     "eval.max_new_tokens=48",
 ]
-SAMPLE_PREFERENCES = [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
 
 
 def run_demo(output_dir: str, quick: bool = False, overrides: list[str] = ()) -> RunResult:
     base = QUICK_OVERRIDES if quick else []
     cfg = load_config(None, [*base, f"output_dir={output_dir}", *overrides])
-    if len(cfg.data.objectives) != 2:
-        raise MoaError(f"the demo trains two objectives; got data.objectives={cfg.data.objectives}")
-    result = run_panacea(cfg)
+    if not cfg.eval.enabled:
+        raise MoaError("moa demo shows the front, so it needs eval.enabled: true")
+    result = run_panacea(cfg, overwrite=True)
     print(summary(cfg, result))
     return result
 
@@ -40,10 +37,10 @@ def summary(cfg: RunConfig, result: RunResult) -> str:
         lam_text = "(" + ", ".join(f"{x:.1f}" for x in lam) + ")"
         lines.append(f"{lam_text:>12} | " + " | ".join(f"{x:9.3f}" for x in point))
     metrics = front.metrics()
-    base_hv = hypervolume([result.base_point], front.reference_point)
     lines += [
         "",
-        f"hypervolume: front {metrics['hypervolume']:.3f}, base model {base_hv:.3f} "
+        f"hypervolume: front {metrics['hypervolume']:.3f}, "
+        f"base model {metrics['base_hypervolume']:.3f} "
         f"(reference point {front.reference_point})",
         "steerability (Spearman of λ_i with score i): "
         + ", ".join(f"{n} {metrics[f'spearman_{n}']:+.3f}" for n in names),
@@ -56,18 +53,18 @@ def summary(cfg: RunConfig, result: RunResult) -> str:
 
 
 def sample_answers(cfg: RunConfig, result: RunResult) -> list[str]:
-    """Answers to one held-out hazardous question at three preferences, from the saved adapter."""
-    tokenizer, model = build_model(cfg)
-    load_adapter(model, result.run_dir / "adapter")
+    """Answers to one held-out hazardous question at the first vertex, the centre, the others."""
+    m = len(cfg.data.objectives)
+    preferences = torch.cat([torch.eye(m)[:1], torch.full((1, m), 1 / m), torch.eye(m)[1:]])
     prompt = next(p for p in AssistantTask().prompts("test") if topic_of(p).hazardous)
     answers = generate(
-        model,
-        tokenizer,
-        [prompt] * len(SAMPLE_PREFERENCES),
-        torch.tensor(SAMPLE_PREFERENCES),
+        result.model,
+        result.tokenizer,
+        [prompt] * len(preferences),
+        preferences,
         SamplingParams(max_new_tokens=cfg.eval.max_new_tokens),
     )
     lines = [f"Q: {prompt}"]
-    for lam, answer in zip(SAMPLE_PREFERENCES, answers, strict=True):
-        lines.append(f"  λ = {tuple(lam)}: {answer}")
+    for lam, answer in zip(preferences.tolist(), answers, strict=True):
+        lines.append(f"  λ = ({', '.join(f'{x:.2f}' for x in lam)}): {answer}")
     return lines

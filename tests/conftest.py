@@ -39,3 +39,13 @@ def tiny_base_dir(tmp_path_factory):
         return build_tiny_base(out, config, progress=False)
     finally:
         torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` run only where CUDA is available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -38,7 +38,8 @@ def test_quick_demo_writes_a_complete_run_folder(quick_run):
     lambdas = [p["preference"] for p in front["points"]]
     assert lambdas == [[0.0, 1.0], [0.25, 0.75], [0.5, 0.5], [0.75, 0.25], [1.0, 0.0]]
     assert set(front["metrics"]) >= {"hypervolume", "inner_product", "sparsity", "spacing"}
-    assert 0.0 <= front["base_point"]["hypervolume"] <= 1.0
+    base = front["base_point"]  # two objectives, reference (0, 0): the HV is a rectangle
+    assert front["metrics"]["base_hypervolume"] == pytest.approx(base["helpful"] * base["harmless"])
     logged = [json.loads(line) for line in (quick_run / "metrics.jsonl").read_text().splitlines()]
     assert logged[-1]["step"] == 12 and logged[-1]["tokens_per_s"] > 0
     assert "![front](front.png)" in (quick_run / "eval" / "report.md").read_text()
@@ -48,7 +49,7 @@ def test_demo_prints_the_front_and_three_answers(quick_demo):
     run_dir, printed = quick_demo
     assert "hypervolume: front" in printed
     assert str(run_dir / "eval" / "front.png") in printed
-    for lam in ("(1.0, 0.0)", "(0.5, 0.5)", "(0.0, 1.0)"):
+    for lam in ("(1.00, 0.00)", "(0.50, 0.50)", "(0.00, 1.00)"):
         assert f"λ = {lam}:" in printed
 
 
@@ -72,3 +73,5 @@ def test_errors_are_one_line_and_exit_2(capsys, tmp_path):
     assert "not a run folder" in capsys.readouterr().err
     assert main(["demo", "--quick", "train.lr=1"]) == 2
     assert "unknown field 'train.lr'" in capsys.readouterr().err
+    assert main(["demo", "--quick", "eval.enabled=false"]) == 2
+    assert "needs eval.enabled: true" in capsys.readouterr().err

@@ -111,9 +111,6 @@ def compose_answer(topic: Topic, rng: random.Random) -> str:
 class AssistantTask:
     """Prompts, answers, preference pairs and exact scorers of the built-in task."""
 
-    name = "assistant"
-    objectives = OBJECTIVES
-
     def __init__(self, seed: int = 0):
         self.seed = seed  # draws answers and pairs; the prompt split is fixed
         all_prompts = [

@@ -15,12 +15,13 @@ from orchestrator.errors import MoaError
 
 
 def prompt_text(tokenizer, prompt: str) -> str:
-    """The prompt as the model sees it: through its chat template when it has one."""
+    """The prompt as the model sees it: through its chat template when it has one, else after
+    the BOS token (texts are tokenized without special tokens, so BOS must be written here)."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
         )
-    return prompt + "\n"
+    return (getattr(tokenizer, "bos_token", None) or "") + prompt + "\n"
 
 
 def encode_prompt(tokenizer, prompt: str, max_tokens: int) -> list[int]:

@@ -131,11 +131,21 @@ class PairDataset:
 
     @classmethod
     def load_jsonl(cls, path: str | os.PathLike) -> "PairDataset":
-        lines = Path(path).read_text().splitlines()
-        if not lines:
-            raise MoaError(f"{path} is empty; expected a header line with 'objectives'")
-        header = json.loads(lines[0])
-        records = (json.loads(line) for line in lines[1:] if line.strip())
+        if not Path(path).is_file():
+            raise MoaError(f"pairs file {path} does not exist")
+        rows = []
+        for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise MoaError(f"{path}, line {number} is not JSON: {err}") from None
+        header, records = (rows[0], rows[1:]) if rows else (None, [])
+        if not isinstance(header, dict) or not isinstance(header.get("objectives"), list):
+            raise MoaError(
+                f'{path}: the first line must be a header like {{"objectives": ["helpful", '
+                '"harmless"]}'
+            )
         return cls.from_records(header["objectives"], records, where=str(path))
 
     @classmethod

@@ -23,6 +23,7 @@ class Front:
     points: np.ndarray  # [N, m]: mean score per objective at each λ
     reference_point: list[float]
     samples: list[dict] = field(default_factory=list)  # a few (prompt, λ, answer) for reading
+    base_point: np.ndarray | None = None  # the base model's scores, to compare against
 
     def metrics(self) -> dict[str, float]:
         result = {
@@ -33,6 +34,8 @@ class Front:
         }
         for i, name in enumerate(self.objectives):
             result[f"spearman_{name}"] = steerability(self.preferences[:, i], self.points[:, i])
+        if self.base_point is not None:
+            result["base_hypervolume"] = hypervolume([self.base_point], self.reference_point)
         return result
 
     def to_dict(self) -> dict:
@@ -46,6 +49,9 @@ class Front:
                 }
                 for lam, p in zip(self.preferences, self.points, strict=True)
             ],
+            "base_point": None
+            if self.base_point is None
+            else dict(zip(self.objectives, self.base_point.tolist(), strict=True)),
             "metrics": self.metrics(),
             "samples": self.samples,
         }
@@ -67,10 +73,12 @@ def evaluate_front(
     prompts: Sequence[str],
     *,
     max_new_tokens: int = 96,
+    max_prompt_tokens: int = 256,
     batch_size: int = 128,
     reference_point: Sequence[float] | None = None,
     samples_per_point: int = 1,
 ) -> Front:
+    """One point per λ of `grid`: the mean scores of greedy answers to `prompts` at that λ."""
     rows_lam = grid.repeat_interleave(len(prompts), dim=0)
     rows_prompts = list(prompts) * len(grid)
     answers = generate(
@@ -80,6 +88,8 @@ def evaluate_front(
         rows_lam,
         SamplingParams(max_new_tokens=max_new_tokens),
         batch_size=batch_size,
+        max_prompt_tokens=max_prompt_tokens,
+        progress=True,
     )
     scores = task.score_batch(rows_prompts, answers, objectives)
     points = scores.reshape(len(grid), len(prompts), len(objectives)).mean(axis=1)
@@ -105,6 +115,7 @@ def evaluate_base_point(
     prompts: Sequence[str],
     *,
     max_new_tokens: int = 96,
+    max_prompt_tokens: int = 256,
     batch_size: int = 128,
 ) -> np.ndarray:
     """The base model's single point (the adapter switched off): what Panacea starts from."""
@@ -116,5 +127,6 @@ def evaluate_base_point(
             None,
             SamplingParams(max_new_tokens=max_new_tokens),
             batch_size=batch_size,
+            max_prompt_tokens=max_prompt_tokens,
         )
     return task.score_batch(prompts, answers, objectives).mean(axis=0)

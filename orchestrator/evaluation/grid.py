@@ -7,8 +7,10 @@ import torch
 from orchestrator.errors import MoaError
 
 
-def simplex_grid(num_objectives: int, divisions: int) -> torch.Tensor:
-    """Return every λ with entries in {0, 1/divisions, …, 1} summing to 1, as float32 [N, m].
+def simplex_grid(
+    num_objectives: int, divisions: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Return every λ with entries in {0, 1/divisions, …, 1} summing to 1, as [N, m] of `dtype`.
 
     Rows come from the integer compositions of `divisions` into `num_objectives` non-negative
     parts, in lexicographically ascending order: for m=2, divisions=10 the rows are (0, 1),
@@ -16,7 +18,7 @@ def simplex_grid(num_objectives: int, divisions: int) -> torch.Tensor:
     """
     m = _positive_int("num_objectives", num_objectives)
     d = _positive_int("divisions", divisions)
-    return (torch.tensor(_compositions(d, m), dtype=torch.float64) / d).float()
+    return (torch.tensor(_compositions(d, m), dtype=torch.float64) / d).to(dtype)
 
 
 def _compositions(total: int, parts: int) -> list[tuple[int, ...]]:

@@ -10,34 +10,21 @@ from matplotlib.figure import Figure
 
 from orchestrator.atomic import atomic_write_text
 from orchestrator.evaluation.front import Front
-from orchestrator.evaluation.metrics import hypervolume, non_dominated
+from orchestrator.evaluation.metrics import non_dominated
 
 
-def write_front(
-    out_dir: str | os.PathLike,
-    front: Front,
-    *,
-    base_point: np.ndarray | None = None,
-    title: str = "Pareto front",
-    extra: dict | None = None,
-) -> Path:
+def write_front(out_dir: str | os.PathLike, front: Front, title: str = "Pareto front") -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    payload = front.to_dict()
-    if base_point is not None:
-        payload["base_point"] = {
-            "scores": dict(zip(front.objectives, base_point.tolist(), strict=True)),
-            "hypervolume": hypervolume([base_point], front.reference_point),
-        }
-    payload.update(extra or {})
-    atomic_write_text(out / "front.json", json.dumps(payload, indent=2))
-    plot_front(out / "front.png", front, base_point=base_point, title=title)
-    atomic_write_text(out / "report.md", render_report(front, base_point, title, extra))
+    atomic_write_text(out / "front.json", json.dumps(front.to_dict(), indent=2))
+    plot_front(out / "front.png", front, title)
+    atomic_write_text(out / "report.md", render_report(front, title))
     return out
 
 
-def plot_front(path: Path, front: Front, *, base_point=None, title: str = "Pareto front") -> None:
-    """2 objectives: the front with its λ labels; more: every pairwise projection."""
+def plot_front(path: Path, front: Front, title: str = "Pareto front") -> None:
+    """2 objectives: the front with its λ labels; more: every pairwise projection. The base
+    model's point, when the front has it, is a red star."""
     pairs = list(itertools.combinations(range(len(front.objectives)), 2))
     fig = Figure(figsize=(5.2 * len(pairs), 4.6))
     axes = fig.subplots(1, len(pairs), squeeze=False)
@@ -64,10 +51,10 @@ def plot_front(path: Path, front: Front, *, base_point=None, title: str = "Paret
             for point, label in _point_labels(front):
                 ax.annotate(label, point, fontsize=8, xytext=(4, 4), textcoords="offset points")
             ax.set_title(f"labels: weight λ of {front.objectives[0]}", fontsize=9)
-        if base_point is not None:
+        if front.base_point is not None:
             ax.scatter(
-                base_point[i],
-                base_point[j],
+                front.base_point[i],
+                front.base_point[j],
                 marker="*",
                 s=180,
                 c="tab:red",
@@ -101,7 +88,7 @@ def _point_labels(front: Front) -> list[tuple[np.ndarray, str]]:
     ]
 
 
-def render_report(front: Front, base_point=None, title: str = "Pareto front", extra=None) -> str:
+def render_report(front: Front, title: str = "Pareto front") -> str:
     metrics = front.metrics()
     lines = [
         f"# {title}",
@@ -116,12 +103,12 @@ def render_report(front: Front, base_point=None, title: str = "Pareto front", ex
         lines.append(f"| {lam_text} | " + " | ".join(f"{x:.3f}" for x in point) + " |")
     lines += ["", "| metric | value |", "|---|---|"]
     lines += [f"| {name} | {value:.4f} |" for name, value in metrics.items()]
-    if base_point is not None:
-        base_hv = hypervolume([base_point], front.reference_point)
-        lines.append(f"| base model hypervolume | {base_hv:.4f} |")
-    lines += ["", f"Reference point: {front.reference_point}.", ""]
-    for name, value in (extra or {}).items():
-        lines.append(f"- {name}: {value}")
+    if front.base_point is not None:
+        scores = ", ".join(
+            f"{name} {x:.3f}" for name, x in zip(front.objectives, front.base_point, strict=True)
+        )
+        lines += ["", f"Base model (adapter off): {scores}."]
+    lines += ["", f"Reference point: {front.reference_point}."]
     if front.samples:
         lines += ["", "## Sample answers", ""]
         for sample in front.samples:

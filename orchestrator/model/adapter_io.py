@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -44,10 +45,16 @@ def read_adapter_config(directory: str | os.PathLike) -> SVDLoRAConfig:
     path = Path(directory) / ADAPTER_CONFIG
     if not path.is_file():
         raise MoaError(f"no SVD-LoRA adapter at {directory}: {ADAPTER_CONFIG} is missing")
-    data = json.loads(path.read_text())
-    if data.get("format") != ADAPTER_FORMAT:
-        raise MoaError(f"{path} is not an SVD-LoRA adapter (format {data.get('format')!r})")
-    return SVDLoRAConfig.from_dict(data)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise MoaError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict) or data.get("format") != ADAPTER_FORMAT:
+        raise MoaError(f"{path} is not an SVD-LoRA adapter config (format {ADAPTER_FORMAT!r})")
+    try:
+        return SVDLoRAConfig.from_dict(data)
+    except TypeError as err:
+        raise MoaError(f"{path} lacks a field of the SVD-LoRA config: {err}") from None
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
@@ -73,7 +80,10 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
                 f"adapter at {directory} has {field}={getattr(saved, field)!r} but the model's "
                 f"adapter has {field}={getattr(current, field)!r}"
             )
-    tensors = load_file(weights)
+    try:
+        tensors = load_file(weights)
+    except (SafetensorError, OSError) as err:
+        raise MoaError(f"could not read the adapter tensors in {weights}: {err}") from None
     params = adapter_parameters(model)
     if set(tensors) != set(params):
         missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))

@@ -6,14 +6,16 @@ tokens in a batch as alone. Greedy when temperature is 0, else temperature / top
 generator per row, so a seeded request gives the same text whatever batch it lands in.
 """
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Collection, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from orchestrator.data.encoding import prompt_text
+from orchestrator.data.encoding import encode_prompt
 from orchestrator.errors import MoaError
 from orchestrator.model.preference import PreferenceLike, validate_preference
 from orchestrator.model.svd_lora import preference, svd_lora_config
@@ -41,10 +43,10 @@ def generate_tokens(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     params: Sequence[SamplingParams],
-    eos_token_id: int,
+    stop_token_ids: Collection[int],
     pad_token_id: int,
 ) -> list[list[int]]:
-    """New tokens for each left-padded row (EOS not included), one SamplingParams per row."""
+    """New tokens of each left-padded row (without the stop token); one SamplingParams per row."""
     rows = input_ids.shape[0]
     device = input_ids.device
     generators = [
@@ -52,8 +54,14 @@ def generate_tokens(
         for p in params
     ]
     limits = torch.tensor([p.max_new_tokens for p in params], device=device)
+    stops = torch.tensor(sorted(stop_token_ids), device=device)
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        **_last_logits_only(model),
+    )
     cache, logits = out.past_key_values, out.logits[:, -1]
     generated = torch.full((rows, int(limits.max())), pad_token_id, dtype=torch.long, device=device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
@@ -61,7 +69,7 @@ def generate_tokens(
         token = _next_tokens(logits, params, generators)
         token = torch.where(done, torch.full_like(token, pad_token_id), token)
         generated[:, t] = token
-        done |= (token == eos_token_id) | (t + 1 >= limits)
+        done |= torch.isin(token, stops) | (t + 1 >= limits)
         if bool(done.all()):
             break
         attention_mask = torch.cat([attention_mask, (~done).long().unsqueeze(-1)], dim=-1)
@@ -76,8 +84,25 @@ def generate_tokens(
     result = []
     for row, limit in zip(generated.tolist(), limits.tolist(), strict=True):
         row = row[:limit]
-        result.append(row[: row.index(eos_token_id)] if eos_token_id in row else row)
+        end = next((i for i, token in enumerate(row) if token in stop_token_ids), len(row))
+        result.append(row[:end])
     return result
+
+
+def _last_logits_only(model: nn.Module) -> dict:
+    """Ask for the last position's logits only, where the model supports it: a prefill of
+    [B, T, vocab] logits is large for a 150k vocabulary."""
+    accepts = "logits_to_keep" in inspect.signature(model.forward).parameters
+    return {"logits_to_keep": 1} if accepts else {}
+
+
+def stop_token_ids(model: nn.Module, tokenizer) -> set[int]:
+    """The tokenizer's EOS plus the model's generation-config EOS ids (Llama 3 has several)."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is not None:
+        ids |= set(configured) if isinstance(configured, list | tuple) else {configured}
+    return {i for i in ids if i is not None}
 
 
 def _next_tokens(
@@ -108,23 +133,35 @@ def generate(
     *,
     batch_size: int = 64,
     max_prompt_tokens: int = 256,
+    progress: bool = False,
 ) -> list[str]:
-    """Answers to `prompts`, row i at preference row i ([N, m]); None: no adapter (or it is off)."""
+    """Answers to `prompts` at their preferences.
+
+    `preferences`: one λ [m] for every prompt, one per prompt [N, m], or None for a model without
+    adapter (or with it switched off). A single SamplingParams serves every prompt, row i with
+    seed `seed + i`, so repeated prompts give different samples.
+    """
     if isinstance(params, SamplingParams):
-        params = [params] * len(prompts)
+        params = [replace(params, seed=params.seed + i) for i in range(len(prompts))]
     if len(params) != len(prompts):
         raise MoaError(f"got {len(params)} sampling params for {len(prompts)} prompts")
     lam = None
     if preferences is not None:
         lam = validate_preference(preferences, svd_lora_config(model).num_objectives)
-    if lam is not None and (lam.dim() != 2 or lam.shape[0] != len(prompts)):
-        raise MoaError(f"preferences must have shape [{len(prompts)}, m]; got {list(lam.shape)}")
+        if lam.dim() == 1:
+            lam = lam.expand(len(prompts), -1)
+        if lam.shape[0] != len(prompts):
+            raise MoaError(
+                f"preferences must have shape [m] or [{len(prompts)}, m]; got {list(lam.shape)}"
+            )
     device = next(model.parameters()).device
+    stops = stop_token_ids(model, tokenizer)
     was_training = model.training
     model.eval()
     answers: list[str] = []
     try:
-        for start in range(0, len(prompts), batch_size):
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc="generate", unit="batch", disable=not progress):
             chunk = slice(start, start + batch_size)
             input_ids, attention_mask = _left_padded(
                 tokenizer, prompts[chunk], max_prompt_tokens, device
@@ -136,7 +173,7 @@ def generate(
                     input_ids,
                     attention_mask,
                     params[chunk],
-                    tokenizer.eos_token_id,
+                    stops,
                     tokenizer.pad_token_id,
                 )
             answers += tokenizer.batch_decode(tokens, skip_special_tokens=True)
@@ -146,10 +183,7 @@ def generate(
 
 
 def _left_padded(tokenizer, prompts: Sequence[str], max_tokens: int, device) -> tuple:
-    encoded = [
-        tokenizer(prompt_text(tokenizer, p), add_special_tokens=False)["input_ids"][-max_tokens:]
-        for p in prompts
-    ]
+    encoded = [encode_prompt(tokenizer, p, max_tokens) for p in prompts]
     width = max(len(ids) for ids in encoded)
     input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)

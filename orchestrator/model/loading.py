@@ -34,7 +34,16 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
-def load_model(name_or_path: str, dtype: str = "float32", device: str | torch.device = "cpu"):
+def resolve_device(device: str) -> torch.device:
+    """ "auto" is the first GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MoaError(f"device {device!r} asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def load_model(name_or_path: str, dtype: str = "float32", device: str = "cpu"):
     if dtype not in DTYPES:
         raise MoaError(f"dtype must be one of {list(DTYPES)}; got {dtype!r}")
     path = resolve_model_path(name_or_path)
@@ -42,4 +51,4 @@ def load_model(name_or_path: str, dtype: str = "float32", device: str | torch.de
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
     except (OSError, ValueError) as err:
         raise MoaError(f"could not load a causal LM from {name_or_path!r}: {err}") from err
-    return model.to(device)
+    return model.to(resolve_device(device))

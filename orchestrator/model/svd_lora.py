@@ -8,6 +8,9 @@ with U (n_out × (k+m)), V (n_in × (k+m)), σ (k) and the per-layer scalar s tr
 in at run time. λ lives in a non-persistent buffer (never a parameter: it must not be trained, saved
 with the weights or partitioned by ZeRO-3). It may be one vector for the batch, [m], or one per row,
 [B, m]: row b of the batch then sees exactly the weights W(λ_b).
+
+The adapter tensors and λ stay in float32 whatever the base model's dtype (as PEFT keeps LoRA
+weights): small AdamW updates and λ = 0.1 survive, which bf16 would round away.
 """
 
 from collections.abc import Iterator, Sequence
@@ -22,6 +25,8 @@ from orchestrator.errors import MoaError
 from orchestrator.model.preference import PreferenceLike, validate_preference
 
 ADAPTER_PREFIX = "lora_"
+# The attention and MLP projections of Llama-family decoders (Llama, Qwen, Mistral, Gemma, Phi-3…).
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class SVDLoRAConfig:
     target_modules: tuple[str, ...]  # the full names of the adapted modules
     objective_names: tuple[str, ...] | None = None
     init_std: float = 0.02
+    base_model: str | None = None  # the base model's name or path, for the record
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,7 +70,7 @@ class SVDLoRALinear(nn.Module):
         self.num_objectives = num_objectives
         self.scaling = alpha / rank
         width = rank + num_objectives
-        kwargs = {"dtype": base.weight.dtype, "device": base.weight.device}
+        kwargs = {"dtype": torch.float32, "device": base.weight.device}
         # U (n_out × width) and Vᵀ (width × n_in): Vᵀ is stored transposed so the forward pass is
         # two F.linear calls, exactly like a plain LoRA adapter.
         u = torch.randn(base.out_features, width, generator=generator) * init_std
@@ -129,8 +135,9 @@ def inject_svd_lora(
     """Replace the target linear layers of `model` in place by SVD-LoRA layers; freeze the rest.
 
     `target_modules`: names matched against each module's full name or its last components
-    (e.g. "q_proj" or "self_attn.q_proj"), like PEFT. Default: every nn.Linear except the output
-    embedding, i.e. all attention and MLP projections of a decoder-only transformer.
+    (e.g. "q_proj" or "self_attn.q_proj"), like PEFT. Default: the attention and MLP projections
+    of a Llama-family model (DEFAULT_TARGETS); for other architectures, every nn.Linear except
+    the output embedding.
     Initialisation gives ΔW = 0 (σ = s = 0), so the model starts exactly at the base model.
     """
     if has_svd_lora(model):
@@ -162,6 +169,7 @@ def inject_svd_lora(
         target_modules=tuple(names),
         objective_names=tuple(objective_names) if objective_names else None,
         init_std=init_std,
+        base_model=getattr(getattr(model, "config", None), "_name_or_path", None) or None,
     )
     return model
 
@@ -174,7 +182,7 @@ def _resolve_targets(model: nn.Module, target_modules: Sequence[str] | None) -> 
         if isinstance(module, nn.Linear) and module is not output_embeddings
     ]
     if target_modules is None:
-        names = linears
+        names = [n for n in linears if n.rpartition(".")[2] in DEFAULT_TARGETS] or linears
     else:
         names = [
             name
@@ -254,7 +262,7 @@ def adapter_disabled(model: nn.Module):
 
 def _write_preference(model: nn.Module, lam: torch.Tensor) -> None:
     for _, layer in svd_lora_layers(model):
-        layer.preference = lam.to(device=layer.lora_scale.device, dtype=layer.lora_scale.dtype)
+        layer.preference = lam.to(layer.lora_scale.device)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -7,7 +7,6 @@ phrase bank, so it is built once per machine.
 
 import hashlib
 import json
-import math
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ from orchestrator.data import assistant_phrases
 from orchestrator.data.assistant_task import AssistantTask
 from orchestrator.data.encoding import encode_prompt, encode_response, pad_batch
 from orchestrator.objectives.losses import sequence_logprobs
+from orchestrator.schedule import warmup_cosine
 
 SPECIAL_TOKENS = {"pad_token": "<|pad|>", "bos_token": "<|bos|>", "eos_token": "<|eos|>"}
 ROLE_TOKENS = ["<|user|>", "<|assistant|>"]
@@ -106,7 +106,12 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 def build_tiny_base(
     out_dir: str | os.PathLike, config: TinyBaseConfig, progress: bool = True
 ) -> Path:
-    torch.manual_seed(config.seed)
+    with torch.random.fork_rng():  # seeded from its config, without touching the caller's RNG
+        torch.manual_seed(config.seed)
+        return _build(Path(out_dir), config, progress)
+
+
+def _build(out_dir: Path, config: TinyBaseConfig, progress: bool) -> Path:
     task = AssistantTask(seed=config.seed)
     examples = task.sft_examples(config.sft_examples)
     tokenizer = train_tokenizer(
@@ -128,20 +133,16 @@ def build_tiny_base(
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "tiny_base_config.json").write_text(json.dumps(asdict(config), indent=2))
-    return Path(out_dir)
+    return out_dir
 
 
 def _warm_up(model, encoded, pad_id: int, config: TinyBaseConfig, progress: bool) -> None:
     """Supervised fine-tuning on the task's answers (response tokens only), cosine schedule."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
     warmup = max(1, config.sft_steps // 20)
-
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, config.sft_steps - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup, config.sft_steps, final_fraction=0.0)
+    )
     rng = random.Random(config.seed)
     model.train()
     bar = tqdm(range(config.sft_steps), desc="tiny base SFT", disable=not progress)

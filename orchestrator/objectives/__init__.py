@@ -1,7 +1,12 @@
 """Losses and their aggregation: pure functions of tensors, no models, Ray or data loading."""
 
-from orchestrator.objectives.aggregation import AGGREGATION_METHODS, aggregate
+from orchestrator.objectives.aggregation import (
+    AGGREGATION_METHODS,
+    aggregate,
+    aggregation_weights,
+)
 from orchestrator.objectives.losses import (
+    non_tie_counts,
     per_objective_dpo_losses,
     per_objective_sft_losses,
     preference_loss,
@@ -13,6 +18,8 @@ __all__ = [
     "AGGREGATION_METHODS",
     "PreferenceSampler",
     "aggregate",
+    "aggregation_weights",
+    "non_tie_counts",
     "per_objective_dpo_losses",
     "per_objective_sft_losses",
     "preference_loss",

@@ -50,3 +50,22 @@ def aggregate(
     if method == "tche":
         return weighted.amax(dim=-1)
     return mu * torch.logsumexp(weighted / mu, dim=-1)
+
+
+def aggregation_weights(
+    losses: torch.Tensor,
+    pref: torch.Tensor,
+    method: str = "ls",
+    ideal: torch.Tensor | None = None,
+    mu: float = 0.1,
+) -> torch.Tensor:
+    """∂ aggregate / ∂ L_i at `losses` [m], detached.
+
+    When the per-objective losses of one step are split over micro-batches (or ranks),
+    Σ_i w_i · L_i(part) summed over the parts has exactly the gradient of aggregate(L) at the
+    step's losses, even for the non-linear Tchebycheff methods. For LS the weights are λ.
+    """
+    with torch.enable_grad():
+        point = losses.detach().clone().requires_grad_(True)
+        (weights,) = torch.autograd.grad(aggregate(point, pref, method, ideal, mu), point)
+    return weights

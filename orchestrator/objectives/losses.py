@@ -85,13 +85,16 @@ def per_objective_dpo_losses(
     nll_weight: float = 0.0,
     lengths_a: torch.Tensor | None = None,
     lengths_b: torch.Tensor | None = None,
+    normalizer: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DPO loss of each objective on one shared batch of pairs (a, b): shape [m].
 
     signs [B, m]: +1 where objective i prefers a, −1 where it prefers b, 0 for a tie. Objective
     i's loss is the mean of preference_loss over its non-tie pairs; with nll_weight 0 that is
     mean −log σ(β·s_i·h). An objective with only ties gets 0, still attached to the graph.
-    lengths_a/lengths_b are required when nll_weight > 0.
+    lengths_a/lengths_b are required when nll_weight > 0. `normalizer` [m]: divide the sums by
+    these counts instead of this batch's non-tie counts, e.g. by the non-tie pairs of a whole
+    optimizer step, so that the losses of its micro-batches add up to the step's mean.
     """
     batch = policy_a.shape[0] if policy_a.dim() == 1 else None
     if batch is None or signs.dim() != 2 or signs.shape[0] != batch:
@@ -123,7 +126,7 @@ def per_objective_dpo_losses(
         nll_weight=nll_weight,
         chosen_lengths=chosen_lengths,
     )
-    return _mean_over_non_ties(losses, signs)
+    return _mean_over_non_ties(losses, signs, normalizer)
 
 
 def per_objective_sft_losses(
@@ -132,11 +135,12 @@ def per_objective_sft_losses(
     lengths_a: torch.Tensor,
     lengths_b: torch.Tensor,
     signs: torch.Tensor,
+    normalizer: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token NLL of the response each objective prefers, averaged over its non-tie pairs: [m].
 
-    signs [B, m] as in per_objective_dpo_losses; an all-tie objective gets 0, still attached to
-    the graph. Lengths below 1 are treated as 1.
+    signs [B, m] and normalizer as in per_objective_dpo_losses; an all-tie objective gets 0,
+    still attached to the graph. Lengths below 1 are treated as 1.
     """
     if signs.dim() != 2 or signs.shape[0] != policy_a.shape[0]:
         raise MoaError(
@@ -145,11 +149,20 @@ def per_objective_sft_losses(
         )
     nll_a = (-policy_a / lengths_a.clamp(min=1)).unsqueeze(-1)
     nll_b = (-policy_b / lengths_b.clamp(min=1)).unsqueeze(-1)
-    return _mean_over_non_ties(torch.where(signs > 0, nll_a, nll_b), signs)
+    return _mean_over_non_ties(torch.where(signs > 0, nll_a, nll_b), signs, normalizer)
 
 
-def _mean_over_non_ties(losses: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
-    """Column means of losses [B, m] over rows where signs != 0; 0 (with a grad_fn) if none."""
+def non_tie_counts(signs: torch.Tensor) -> torch.Tensor:
+    """[m] pairs per objective that are not ties (at least 1, so it can divide)."""
+    return (signs != 0).sum(dim=0).clamp(min=1)
+
+
+def _mean_over_non_ties(
+    losses: torch.Tensor, signs: torch.Tensor, normalizer: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Column sums of losses [B, m] over rows where signs != 0, divided by `normalizer` or by
+    the number of such rows; 0 (with a grad_fn) where there are none."""
     counted = signs != 0
     total = torch.where(counted, losses, torch.zeros_like(losses)).sum(dim=0)
-    return total / counted.sum(dim=0).clamp(min=1).to(losses.dtype)
+    counts = non_tie_counts(signs) if normalizer is None else normalizer
+    return total / counts.to(device=losses.device, dtype=losses.dtype)

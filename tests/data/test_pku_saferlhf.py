@@ -172,3 +172,16 @@ def test_unknown_split(jsonl):
 def test_negative_limit(jsonl):
     with pytest.raises(MoaError, match="limit must be"):
         load_pku_saferlhf(str(jsonl), limit=-1)
+
+
+def test_a_run_config_reads_pku_through_the_same_loader(tmp_path):
+    from orchestrator.config import load_config
+    from orchestrator.data.sources import load_training_pairs
+
+    rows = [pku_row(i, *IDS[i % 4]) for i in range(40)]
+    path = write_jsonl(tmp_path / "many.jsonl", rows)
+    cfg = load_config(None, ["data.source=pku_saferlhf", f"data.path={path}", "eval.enabled=false"])
+    train = load_training_pairs(cfg.data)
+    assert train.objectives == ("helpful", "harmless")
+    assert 20 < len(train) < 40  # about 20 % of the prompts held out
+    assert all(p.prompt in {r["prompt"] for r in rows} for p in train)

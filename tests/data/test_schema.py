@@ -88,3 +88,21 @@ def test_split_is_by_prompt_stable_and_seeded():
     ]
     with pytest.raises(MoaError, match="test_fraction"):
         is_held_out("k", 1.0)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "first line must be a header"),
+        ('{"prompt": "p"}\n', "first line must be a header"),
+        ('{"objectives": ["helpful"]}\n{not json}\n', "line 2 is not JSON"),
+        ('{"objectives": ["helpful"]}\n{"prompt": "p"}\n', "row 0: field 'response_a'"),
+    ],
+)
+def test_bad_jsonl_files_name_the_problem(tmp_path, content, message):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(content)
+    with pytest.raises(MoaError, match=message):
+        PairDataset.load_jsonl(path)
+    with pytest.raises(MoaError, match="does not exist"):
+        PairDataset.load_jsonl(tmp_path / "missing.jsonl")

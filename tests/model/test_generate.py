@@ -1,3 +1,4 @@
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -67,12 +68,14 @@ def test_per_row_tokens_equal_each_prompt_alone(model, tokenizer):
     params = [GREEDY] * len(PROMPTS)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     with preference(model, LAMBDAS):
-        batched = generate_tokens(model, ids, mask, params, eos, pad)
+        batched = generate_tokens(model, ids, mask, params, {eos}, pad)
     for row, lam in enumerate(LAMBDAS):
         one_ids, one_mask = left_pad(tokenizer, [PROMPTS[row]])
         assert one_mask.all()
         with preference(model, lam):
-            assert generate_tokens(model, one_ids, one_mask, [GREEDY], eos, pad)[0] == batched[row]
+            assert (
+                generate_tokens(model, one_ids, one_mask, [GREEDY], {eos}, pad)[0] == batched[row]
+            )
 
 
 def naive_greedy(model, prompt_ids: list[int], steps: int) -> list[int]:
@@ -87,7 +90,7 @@ def naive_greedy(model, prompt_ids: list[int], steps: int) -> list[int]:
 def test_cached_batched_decoding_equals_naive_decoding(model, tokenizer):
     ids, mask = left_pad(tokenizer, PROMPTS)
     with preference(model, LAMBDAS):
-        batched = generate_tokens(model, ids, mask, [GREEDY] * 4, -1, tokenizer.pad_token_id)
+        batched = generate_tokens(model, ids, mask, [GREEDY] * 4, {-1}, tokenizer.pad_token_id)
     for row, lam in enumerate(LAMBDAS):
         with preference(model, lam):
             want = naive_greedy(model, encode_prompt(tokenizer, PROMPTS[row], 64), 10)
@@ -123,7 +126,7 @@ def free_run(model, tokenizer, max_new_tokens: int = 10) -> list[list[int]]:
     ids, mask = left_pad(tokenizer, PROMPTS)
     params = [SamplingParams(max_new_tokens=max_new_tokens)] * len(PROMPTS)
     with preference(model, LAMBDAS):
-        return generate_tokens(model, ids, mask, params, -1, tokenizer.pad_token_id)
+        return generate_tokens(model, ids, mask, params, {-1}, tokenizer.pad_token_id)
 
 
 def test_each_row_stops_at_its_first_eos(model, tokenizer):
@@ -134,7 +137,7 @@ def test_each_row_stops_at_its_first_eos(model, tokenizer):
     eos = free[0][step]
     ids, mask = left_pad(tokenizer, PROMPTS)
     with preference(model, LAMBDAS):
-        out = generate_tokens(model, ids, mask, [GREEDY] * 4, eos, tokenizer.pad_token_id)
+        out = generate_tokens(model, ids, mask, [GREEDY] * 4, {eos}, tokenizer.pad_token_id)
     assert out[0] == free[0][:step]
     for row in range(4):
         want = free[row][: free[row].index(eos)] if eos in free[row] else free[row]
@@ -149,7 +152,7 @@ def test_each_row_stops_at_its_own_max_new_tokens(model, tokenizer):
     limits = [3, 7, 1, 10]
     params = [SamplingParams(max_new_tokens=n) for n in limits]
     with preference(model, LAMBDAS):
-        out = generate_tokens(model, ids, mask, params, -1, tokenizer.pad_token_id)
+        out = generate_tokens(model, ids, mask, params, {-1}, tokenizer.pad_token_id)
     assert [len(row) for row in out] == limits
     assert all(out[r] == free[r][: limits[r]] for r in range(4))
 
@@ -212,7 +215,7 @@ def test_sampling_follows_temperature_and_top_p(temperature, top_p, expected):
     lm = FixedLogits(probs.log())
     params = [SamplingParams(max_new_tokens=2000, temperature=temperature, top_p=top_p, seed=7)]
     ids, mask = torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long)
-    tokens = torch.tensor(generate_tokens(lm, ids, mask, params, -1, 0)[0])
+    tokens = torch.tensor(generate_tokens(lm, ids, mask, params, {-1}, 0)[0])
     assert tokens.numel() == 2000
     freq = torch.bincount(tokens, minlength=4).float() / 2000
     torch.testing.assert_close(freq, torch.tensor(expected), atol=0.045, rtol=0)
@@ -234,6 +237,19 @@ def test_sampling_params_validation(kwargs, message):
         SamplingParams(**kwargs)
 
 
+def test_one_preference_serves_every_prompt(model, tokenizer):
+    one = generate(model, tokenizer, PROMPTS[:3], [0.3, 0.7], GREEDY)
+    assert one == generate(model, tokenizer, PROMPTS[:3], [[0.3, 0.7]] * 3, GREEDY)
+
+
+def test_one_sampling_params_gives_each_row_its_own_seed(model, tokenizer):
+    params = SamplingParams(max_new_tokens=12, temperature=1.5, seed=5)
+    answers = generate(model, tokenizer, [PROMPTS[0]] * 6, [0.5, 0.5], params)
+    assert len(set(answers)) > 1  # the same prompt and λ, six different samples
+    alone = generate(model, tokenizer, [PROMPTS[0]], [0.5, 0.5], replace(params, seed=7))
+    assert alone[0] == answers[2]  # row i is sampled with seed + i
+
+
 def test_sampling_params_edges_are_accepted():
     SamplingParams(max_new_tokens=1, temperature=0.0, top_p=1.0)
     SamplingParams(temperature=2.0, top_p=1e-9)
@@ -242,14 +258,13 @@ def test_sampling_params_edges_are_accepted():
 @pytest.mark.parametrize(
     ("preferences", "params", "message"),
     [
-        ([0.5, 0.5], GREEDY, r"preferences must have shape \[2, m\]; got \[2\]"),
-        ([[0.5, 0.5]] * 3, GREEDY, r"must have shape \[2, m\]; got \[3, 2\]"),
+        ([[0.5, 0.5]] * 3, GREEDY, r"must have shape \[m\] or \[2, m\]; got \[3, 2\]"),
         ([[0.5, 0.5]] * 2, [GREEDY] * 3, "got 3 sampling params for 2 prompts"),
         ([[0.5, 0.5], [-1.0, 2.0]], GREEDY, "non-negative"),
         ([[0.5, 0.5], [0.5, 0.6]], GREEDY, "sum to 1"),
         ([[[0.5, 0.5]], [[0.5, 0.5]]], GREEDY, r"shape \[2\] or \[batch, 2\]"),
     ],
-    ids=["1-d", "row-count", "params-count", "negative", "sum", "3-d"],
+    ids=["row-count", "params-count", "negative", "sum", "3-d"],
 )
 def test_generate_argument_errors(model, tokenizer, preferences, params, message):
     with pytest.raises(MoaError, match=message):

@@ -437,3 +437,29 @@ def test_wrapped_model_works_with_the_preference_api(make_llama, perturb):
     with adapter_disabled(wrapped):
         torch.testing.assert_close(logits_of(wrapped, ids), base_logits, atol=1e-6, rtol=0)
     torch.testing.assert_close(logits_of(wrapped, ids), via_wrapper, atol=0, rtol=0)
+
+
+def test_adapter_and_preference_stay_fp32_on_a_bf16_base(make_llama, perturb):
+    model = make_llama().to(torch.bfloat16)
+    inject_svd_lora(model, 2, rank=4, alpha=8.0)
+    assert all(p.dtype == torch.float32 for p in adapter_parameters(model).values())
+    perturb(model)
+    set_preference(model, [0.1, 0.9])
+    layer = next(layer for _, layer in svd_lora_layers(model))
+    assert layer.preference.dtype == torch.float32
+    assert layer.preference.tolist() == pytest.approx([0.1, 0.9], abs=1e-7)  # bf16 gives 0.1001
+    logits = model(torch.tensor([[1, 2, 3]])).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+
+
+def test_default_targets_fall_back_to_every_linear_but_the_output_embedding():
+    class TwoLayerLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc_in, self.fc_out, self.head = nn.Linear(8, 16), nn.Linear(16, 8), nn.Linear(8, 5)
+
+        def get_output_embeddings(self):
+            return self.head
+
+    model = inject_svd_lora(TwoLayerLM(), 2, rank=2)
+    assert svd_lora_config(model).target_modules == ("fc_in", "fc_out")
