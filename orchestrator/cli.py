@@ -30,7 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--output-dir", help="default: RUN_DIR/eval")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="eval.* overrides")
 
-    args = parser.parse_args(argv)
+    # key=value overrides may come before or after the options, as in `moa eval RUN --output-dir
+    # DIR eval.temperature=1`; argparse leaves those after an option among the unknown arguments.
+    args, unknown = parser.parse_known_args(argv)
+    stray = [arg for arg in unknown if arg.startswith("-") or "=" not in arg]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides = [*args.overrides, *unknown]
     try:
         if args.command == "demo":
             from orchestrator.demo import run_demo

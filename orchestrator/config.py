@@ -61,7 +61,9 @@ class TrainSection(Section):
     aggregation: Literal["ls", "tche", "stch"] = "ls"
     stch_mu: Positive = 0.1
     beta: Positive = 0.1
-    nll_weight: Annotated[float, Field(ge=0.0)] = 0.0
+    # Length-normalised NLL of each objective's chosen response (0: plain DPO). It keeps the
+    # policies at the extreme preferences fluent, where plain DPO lets the chosen likelihood fall.
+    nll_weight: Annotated[float, Field(ge=0.0)] = 0.2
     learning_rate: Positive = 2e-3
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
     batch_size: Count = 16  # pairs per micro-batch
@@ -79,6 +81,10 @@ class EvalSection(Section):
     enabled: bool = True
     grid_divisions: Count = 10  # λ grid: multiples of 1/divisions on the simplex
     num_prompts: Count = 60  # held-out prompts per λ
+    temperature: Annotated[float, Field(ge=0.0)] = 0.0  # 0: greedy
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    answers_per_prompt: Count = 1  # more than 1 only makes sense when sampling
+    seed: int = 0
     max_new_tokens: Count = 96
     batch_size: Count = 128
     reference_point: list[float] | None = None  # default: the task's own

@@ -32,10 +32,11 @@ def run_demo(output_dir: str, quick: bool = False, overrides: list[str] = ()) ->
 def summary(cfg: RunConfig, result: RunResult) -> str:
     front = result.front
     names = front.objectives
-    lines = ["", f"{'λ':>12} | " + " | ".join(f"{n:>9}" for n in names)]
-    for lam, point in zip(front.preferences, front.points, strict=True):
-        lam_text = "(" + ", ".join(f"{x:.1f}" for x in lam) + ")"
-        lines.append(f"{lam_text:>12} | " + " | ".join(f"{x:9.3f}" for x in point))
+    lambdas = ["(" + ", ".join(f"{x:.2f}" for x in lam) + ")" for lam in front.preferences]
+    width = max(len(text) for text in lambdas)
+    lines = ["", f"{'λ':>{width}} | " + " | ".join(f"{n:>9}" for n in names)]
+    for lam_text, point in zip(lambdas, front.points, strict=True):
+        lines.append(f"{lam_text:>{width}} | " + " | ".join(f"{x:9.3f}" for x in point))
     metrics = front.metrics()
     lines += [
         "",

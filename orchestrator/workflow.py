@@ -29,6 +29,7 @@ from orchestrator.evaluation.front import Front, evaluate_base_point, evaluate_f
 from orchestrator.evaluation.grid import simplex_grid
 from orchestrator.evaluation.report import write_front
 from orchestrator.model.adapter_io import load_adapter, save_adapter
+from orchestrator.model.generate import SamplingParams
 from orchestrator.model.loading import load_model, load_tokenizer
 from orchestrator.model.svd_lora import inject_svd_lora
 
@@ -127,8 +128,15 @@ def evaluate_run(cfg: RunConfig, model, tokenizer, out_dir: Path) -> Front:
     task = AssistantTask(seed=cfg.data.seed)
     objectives = cfg.data.objectives
     prompts = task.prompts("test")[: cfg.eval.num_prompts]
+    sampling = SamplingParams(
+        max_new_tokens=cfg.eval.max_new_tokens,
+        temperature=cfg.eval.temperature,
+        top_p=cfg.eval.top_p,
+        seed=cfg.eval.seed,
+    )
     options = {
-        "max_new_tokens": cfg.eval.max_new_tokens,
+        "sampling": sampling,
+        "answers_per_prompt": cfg.eval.answers_per_prompt,
         "max_prompt_tokens": cfg.data.max_prompt_tokens,
         "batch_size": cfg.eval.batch_size,
     }

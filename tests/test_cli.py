@@ -63,6 +63,16 @@ def test_eval_reproduces_the_demo_front(quick_run, capsys, tmp_path):
     assert again["points"] == first["points"]
 
 
+def test_eval_takes_overrides_after_its_options(quick_run, tmp_path):
+    out = tmp_path / "coarse"
+    args = ["eval", str(quick_run), "--output-dir", str(out), "eval.grid_divisions=2"]
+    assert main(args) == 0
+    front = json.loads((out / "front.json").read_text())
+    assert [p["preference"] for p in front["points"]] == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
+    with pytest.raises(SystemExit):
+        main(["eval", str(quick_run), "--output-dir", str(out), "--frobnicate"])
+
+
 def test_errors_are_one_line_and_exit_2(capsys, tmp_path):
     assert (
         main(["demo", "--quick", "--output-dir", str(tmp_path), "data.objectives=[helpful]"]) == 2
@@ -71,7 +81,20 @@ def test_errors_are_one_line_and_exit_2(capsys, tmp_path):
     assert err.startswith("moa demo: error:") and err.count("\n") == 1
     assert main(["eval", str(tmp_path / "nothing")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nothing"), "train.beta=1"]) == 2
+    assert "only takes eval.* overrides" in capsys.readouterr().err
     assert main(["demo", "--quick", "train.lr=1"]) == 2
     assert "unknown field 'train.lr'" in capsys.readouterr().err
     assert main(["demo", "--quick", "eval.enabled=false"]) == 2
     assert "needs eval.enabled: true" in capsys.readouterr().err
+
+
+def test_demo_with_three_objectives_evaluates_a_simplex_lattice(quick_run, tmp_path, capsys):
+    run_dir = tmp_path / "three"
+    objectives = "data.objectives=[helpful, harmless, concise]"
+    assert main(["demo", "--quick", "--output-dir", str(run_dir), objectives]) == 0
+    front = json.loads((run_dir / "eval" / "front.json").read_text())
+    assert len(front["points"]) == 15  # multiples of 1/4 on the 3-simplex
+    assert set(front["points"][0]["scores"]) == {"helpful", "harmless", "concise"}
+    printed = capsys.readouterr().out
+    assert "λ = (0.33, 0.33, 0.33):" in printed and "λ = (0.00, 0.00, 1.00):" in printed

@@ -15,6 +15,8 @@ from orchestrator.evaluation.metrics import hypervolume, inner_product, spacing,
 from orchestrator.model.generate import SamplingParams, generate
 from orchestrator.model.svd_lora import adapter_disabled
 
+GREEDY = SamplingParams(max_new_tokens=96)
+
 
 @dataclass
 class Front:
@@ -72,31 +74,38 @@ def evaluate_front(
     grid: torch.Tensor,
     prompts: Sequence[str],
     *,
-    max_new_tokens: int = 96,
+    sampling: SamplingParams = GREEDY,
+    answers_per_prompt: int = 1,
     max_prompt_tokens: int = 256,
     batch_size: int = 128,
     reference_point: Sequence[float] | None = None,
     samples_per_point: int = 1,
 ) -> Front:
-    """One point per λ of `grid`: the mean scores of greedy answers to `prompts` at that λ."""
-    rows_lam = grid.repeat_interleave(len(prompts), dim=0)
-    rows_prompts = list(prompts) * len(grid)
+    """One point per λ of `grid`: the mean scores of the answers to `prompts` at that λ.
+
+    Greedy by default; with a sampling temperature, each prompt is answered
+    `answers_per_prompt` times and the point estimates the expected scores of the policy at λ.
+    `samples_per_point` answers per λ are kept for reading.
+    """
+    per_point = len(prompts) * answers_per_prompt
+    rows_prompts = [p for p in prompts for _ in range(answers_per_prompt)] * len(grid)
+    rows_lam = grid.repeat_interleave(per_point, dim=0)
     answers = generate(
         model,
         tokenizer,
         rows_prompts,
         rows_lam,
-        SamplingParams(max_new_tokens=max_new_tokens),
+        sampling,
         batch_size=batch_size,
         max_prompt_tokens=max_prompt_tokens,
         progress=True,
     )
     scores = task.score_batch(rows_prompts, answers, objectives)
-    points = scores.reshape(len(grid), len(prompts), len(objectives)).mean(axis=1)
+    points = scores.reshape(len(grid), per_point, len(objectives)).mean(axis=1)
     samples = [
         {"preference": rows_lam[i].tolist(), "prompt": rows_prompts[i], "answer": answers[i]}
         for point in range(len(grid))
-        for i in range(point * len(prompts), point * len(prompts) + samples_per_point)
+        for i in range(point * per_point, point * per_point + samples_per_point)
     ]
     return Front(
         tuple(objectives),
@@ -114,19 +123,21 @@ def evaluate_base_point(
     objectives: Sequence[str],
     prompts: Sequence[str],
     *,
-    max_new_tokens: int = 96,
+    sampling: SamplingParams = GREEDY,
+    answers_per_prompt: int = 1,
     max_prompt_tokens: int = 256,
     batch_size: int = 128,
 ) -> np.ndarray:
     """The base model's single point (the adapter switched off): what Panacea starts from."""
+    rows_prompts = [p for p in prompts for _ in range(answers_per_prompt)]
     with adapter_disabled(model):
         answers = generate(
             model,
             tokenizer,
-            prompts,
+            rows_prompts,
             None,
-            SamplingParams(max_new_tokens=max_new_tokens),
+            sampling,
             batch_size=batch_size,
             max_prompt_tokens=max_prompt_tokens,
         )
-    return task.score_batch(prompts, answers, objectives).mean(axis=0)
+    return task.score_batch(rows_prompts, answers, objectives).mean(axis=0)

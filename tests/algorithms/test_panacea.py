@@ -95,12 +95,30 @@ def test_zero_adapter_gives_dpo_loss_log2_and_ls_aggregates_by_lambda(
     model = steerable(tiny_base_dir)
     batch = collate_pairs(encoded[:8], tokenizer.pad_token_id)
     pref = torch.tensor([0.25, 0.75])
-    loss, losses = panacea_loss(model, batch, pref, train_config())
+    plain_dpo = train_config(nll_weight=0.0)
+    loss, losses = panacea_loss(model, batch, pref, plain_dpo)
     # π_θ = π_ref at init: h = 0 and every objective's DPO loss is −log σ(0) = log 2.
     assert torch.allclose(losses, torch.full((2,), torch.log(torch.tensor(2.0)).item()), atol=1e-5)
     assert loss.item() == pytest.approx((pref * losses.detach()).sum().item(), abs=1e-6)
-    tche, _ = panacea_loss(model, batch, pref, train_config(aggregation="tche"))
+    tche, _ = panacea_loss(model, batch, pref, train_config(aggregation="tche", nll_weight=0.0))
     assert tche.item() == pytest.approx(0.75 * losses[1].item(), abs=1e-6)
+
+
+def test_nll_term_adds_each_objectives_chosen_response_nll(tiny_base_dir, tokenizer, encoded):
+    model = steerable(tiny_base_dir)
+    batch = collate_pairs(encoded[:8], tokenizer.pad_token_id)
+    _, losses = panacea_loss(model, batch, torch.tensor([0.5, 0.5]), train_config(nll_weight=0.2))
+    with torch.no_grad(), preference(model, [0.5, 0.5]):
+        logp_a, logp_b, len_a, len_b = policy_logprobs(model, batch)
+    for i in range(2):
+        signs = batch["signs"][:, i]
+        chosen_nll = [
+            -(logp_a[row] / len_a[row]) if sign > 0 else -(logp_b[row] / len_b[row])
+            for row, sign in enumerate(signs.tolist())
+            if sign != 0
+        ]
+        expected = torch.log(torch.tensor(2.0)) + 0.2 * torch.stack(chosen_nll).mean()
+        assert losses[i].item() == pytest.approx(expected.item(), abs=1e-5)
 
 
 def test_same_seed_same_adapter_and_different_seed_differs(tiny_base_dir, tokenizer, encoded):

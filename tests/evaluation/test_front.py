@@ -89,3 +89,32 @@ def test_report_files_for_two_and_three_objectives(tmp_path):
     width_three, _ = png_size(tmp_path / "three" / "front.png")
     assert width_three > 2.5 * width_two  # three pairwise projections side by side
     assert not list(tmp_path.glob("**/.*tmp*"))  # atomic writes leave no temporary files
+
+
+def test_sampled_front_answers_each_prompt_several_times(monkeypatch):
+    seen = {}
+
+    def fake_generate(model, tokenizer, prompts, preferences, params, **options):
+        seen["prompts"], seen["params"] = list(prompts), params
+        # Odd rows score 0.1 higher: the point must average over every answer of every prompt.
+        return [
+            f"{lam[0] + 0.1 * (i % 2):.2f} {lam[1]:.2f}"
+            for i, lam in enumerate(preferences.tolist())
+        ]
+
+    monkeypatch.setattr(front_module, "generate", fake_generate)
+    grid = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    sampling = front_module.SamplingParams(max_new_tokens=8, temperature=1.0, seed=3)
+    front = evaluate_front(
+        None,
+        None,
+        LambdaEchoTask(),
+        ("a", "b"),
+        grid,
+        ["p1", "p2"],
+        sampling=sampling,
+        answers_per_prompt=2,
+    )
+    assert seen["prompts"] == ["p1", "p1", "p2", "p2"] * 2
+    assert seen["params"] is sampling
+    assert np.allclose(front.points, [[0.015 + 0.05, 2.0], [1.015 + 0.05, 0.0]])
