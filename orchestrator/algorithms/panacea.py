@@ -161,6 +161,14 @@ class PanaceaTrainer:
             batch["reference_logps"] = self.reference[indices]
         return {name: tensor.to(self.device) for name, tensor in batch.items()}
 
+    def _training_batch(self, indices) -> dict[str, torch.Tensor]:
+        """A micro-batch that carries its reference log-probs, so that no pass of the step
+        computes them again."""
+        batch = self._collate(indices)
+        if self.cfg.loss == "dpo" and "reference_logps" not in batch:
+            batch["reference_logps"] = reference_logprobs(self.model, batch)
+        return batch
+
     def train_step(self) -> StepResult:
         start = time.perf_counter()
         was_training = self.model.training
@@ -172,7 +180,7 @@ class PanaceaTrainer:
             self.device
         )
         batches = [
-            self._collate(indices[i : i + cfg.batch_size])
+            self._training_batch(indices[i : i + cfg.batch_size])
             for i in range(0, len(indices), cfg.batch_size)
         ]
         # LS is linear: the micro-batches' aggregated losses add up to the step's. Tche and STCH

@@ -88,19 +88,19 @@ def evaluate_front(
     `samples_per_point` answers per λ are kept for reading.
     """
     per_point = len(prompts) * answers_per_prompt
-    rows_prompts = [p for p in prompts for _ in range(answers_per_prompt)] * len(grid)
     rows_lam = grid.repeat_interleave(per_point, dim=0)
-    answers = generate(
+    rows_prompts, answers, scores = _answer_and_score(
         model,
         tokenizer,
-        rows_prompts,
+        task,
+        objectives,
+        list(prompts) * len(grid),
         rows_lam,
         sampling,
-        batch_size=batch_size,
-        max_prompt_tokens=max_prompt_tokens,
-        progress=True,
+        answers_per_prompt,
+        max_prompt_tokens,
+        batch_size,
     )
-    scores = task.score_batch(rows_prompts, answers, objectives)
     points = scores.reshape(len(grid), per_point, len(objectives)).mean(axis=1)
     samples = [
         {"preference": rows_lam[i].tolist(), "prompt": rows_prompts[i], "answer": answers[i]}
@@ -129,15 +129,45 @@ def evaluate_base_point(
     batch_size: int = 128,
 ) -> np.ndarray:
     """The base model's single point (the adapter switched off): what Panacea starts from."""
-    rows_prompts = [p for p in prompts for _ in range(answers_per_prompt)]
     with adapter_disabled(model):
-        answers = generate(
+        _, _, scores = _answer_and_score(
             model,
             tokenizer,
-            rows_prompts,
+            task,
+            objectives,
+            prompts,
             None,
             sampling,
-            batch_size=batch_size,
-            max_prompt_tokens=max_prompt_tokens,
+            answers_per_prompt,
+            max_prompt_tokens,
+            batch_size,
         )
-    return task.score_batch(rows_prompts, answers, objectives).mean(axis=0)
+    return scores.mean(axis=0)
+
+
+def _answer_and_score(
+    model,
+    tokenizer,
+    task,
+    objectives,
+    prompts,
+    preferences,
+    sampling,
+    answers_per_prompt,
+    max_prompt_tokens,
+    batch_size,
+) -> tuple[list[str], list[str], np.ndarray]:
+    """(prompt of each row, answer, scores [rows, m]): every prompt answered
+    `answers_per_prompt` times in a row, at its row of `preferences` (already one per row)."""
+    rows_prompts = [p for p in prompts for _ in range(answers_per_prompt)]
+    answers = generate(
+        model,
+        tokenizer,
+        rows_prompts,
+        preferences,
+        sampling,
+        batch_size=batch_size,
+        max_prompt_tokens=max_prompt_tokens,
+        progress=True,
+    )
+    return rows_prompts, answers, task.score_batch(rows_prompts, answers, objectives)

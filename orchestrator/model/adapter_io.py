@@ -139,7 +139,6 @@ def export_lora(
             b = layer.lora_u * layer.singular_values()
             tensors[f"{prefix}.lora_B.weight"] = b.detach().cpu().contiguous()
     width = config.rank + config.num_objectives
-    base_name = getattr(getattr(model, "config", None), "_name_or_path", None)
     lora_config = LoraConfig(
         r=width,
         lora_alpha=width,
@@ -147,7 +146,7 @@ def export_lora(
         lora_dropout=0.0,
         bias="none",
         task_type="CAUSAL_LM",
-        base_model_name_or_path=base_name or None,
+        base_model_name_or_path=config.base_model,
     )
     with atomic_directory(out_dir) as tmp:
         lora_config.save_pretrained(tmp)
