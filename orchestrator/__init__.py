@@ -8,6 +8,9 @@ import importlib
 
 _EXPORTS = {
     "MoaError": "orchestrator.errors",
+    "load_config": "orchestrator.config",
+    "resume_panacea": "orchestrator.workflow",
+    "run_panacea": "orchestrator.workflow",
     "hypervolume": "orchestrator.evaluation.metrics",
     "export_lora": "orchestrator.model.adapter_io",
     "load_adapter": "orchestrator.model.adapter_io",

@@ -13,6 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed, imported by transformers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # per-file bars of every model load
     parser = argparse.ArgumentParser(prog="moa", description="Multi-objective alignment on Ray.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -24,6 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--quick", action="store_true", help="a minute-long smoke run (for tests)")
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+    train = commands.add_parser(
+        "train",
+        help="train a steerable model on Ray Train (a local Ray instance, or the cluster "
+        "RAY_ADDRESS names)",
+    )
+    train.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
     evaluate = commands.add_parser("eval", help="evaluate a run's front on its λ grid again")
     evaluate.add_argument("run_dir")
@@ -42,12 +55,41 @@ def main(argv: list[str] | None = None) -> int:
             from orchestrator.demo import run_demo
 
             run_demo(args.output_dir, quick=args.quick, overrides=args.overrides)
+        elif args.command == "train":
+            _train(args.config, args.resume, args.overwrite, args.overrides)
         elif args.command == "eval":
             _evaluate(args.run_dir, args.output_dir, args.overrides)
     except MoaError as err:
         print(f"moa {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _train(config: str | None, resume: str | None, overwrite: bool, overrides: list[str]):
+    from orchestrator.config import load_config
+    from orchestrator.workflow import resume_panacea, run_panacea
+
+    if config is not None and "=" in config and not os.path.exists(config):
+        config, overrides = None, [config, *overrides]  # only overrides of the defaults
+    if resume is not None:
+        if config is not None or overrides:
+            raise MoaError("--resume takes the run's own config.yaml; give no config or overrides")
+        result = resume_panacea(resume)
+    else:
+        result = run_panacea(load_config(config, overrides), overwrite=overwrite)
+    last = result.history[-1] if result.history else {}
+    print(
+        f"trained {last.get('step', 0)} steps in {result.train_seconds:.0f} s; "
+        f"final loss {last.get('loss', float('nan')):.4f}; run folder {result.run_dir}"
+    )
+    if result.front is not None:
+        metrics = result.front.metrics()
+        print(
+            f"front: hypervolume {metrics['hypervolume']:.4f} "
+            f"(base model {metrics['base_hypervolume']:.4f}), "
+            f"inner product {metrics['inner_product']:.4f}; "
+            f"{result.run_dir / 'eval' / 'front.png'}"
+        )
 
 
 def _evaluate(run_dir: str, output_dir: str | None, overrides: list[str]) -> None:

@@ -77,8 +77,47 @@ class TrainSection(Section):
     log_every: Count = 10
 
 
+class DeepSpeedSection(Section):
+    zero_stage: Literal[2, 3] = 2
+    offload_optimizer: bool = False  # optimizer states in CPU memory
+    offload_params: bool = False  # ZeRO-3 only: parameters in CPU memory
+    bf16: bool = False  # DeepSpeed's bf16 mode (GPU only; the adapter's master copy stays fp32)
+    config: dict[str, Any] = {}  # merged last into the generated DeepSpeed config
+
+    @model_validator(mode="after")
+    def _check(self) -> "DeepSpeedSection":
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage: 3")
+        return self
+
+
+class ScalingSection(Section):
+    """How many Ray Train workers, on what, and how they combine gradients.
+
+    The global batch is train.batch_size × num_workers × train.grad_accum_steps pairs.
+    """
+
+    num_workers: Count = 1
+    use_gpu: bool = False  # one GPU per worker, NCCL; otherwise CPU workers and gloo
+    cpus_per_worker: Positive = 1.0
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    deepspeed: DeepSpeedSection = DeepSpeedSection()
+
+
+class CheckpointSection(Section):
+    every: Count = 50  # optimizer steps between checkpoints (the last step always gets one)
+    keep: Count = 2  # most recent checkpoints kept; the best adapter by hypervolume is kept too
+    max_failures: Annotated[int, Field(ge=-1)] = 0  # worker-group restarts; -1: unlimited
+
+
+class LoggingSection(Section):
+    tensorboard: bool = True  # event files in RUN_DIR/tensorboard
+    mlflow: bool = True  # log to MLflow too, when it is installed
+    mlflow_tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI or ./mlruns
+
+
 class EvalSection(Section):
-    enabled: bool = True
+    enabled: bool = True  # false: no evaluation at all, after or during training
     grid_divisions: Count = 10  # λ grid: multiples of 1/divisions on the simplex
     num_prompts: Count = 60  # held-out prompts per λ
     temperature: Annotated[float, Field(ge=0.0)] = 0.0  # 0: greedy
@@ -88,6 +127,11 @@ class EvalSection(Section):
     max_new_tokens: Count = 96
     batch_size: Count = 128
     reference_point: list[float] | None = None  # default: the task's own
+    # During training: every `every` steps (0: only at the end), the hypervolume over a coarse
+    # grid picks the best checkpoint.
+    every: Annotated[int, Field(ge=0)] = 0
+    coarse_grid_divisions: Count = 4
+    coarse_num_prompts: Count = 16
 
 
 class RunConfig(Section):
@@ -96,6 +140,9 @@ class RunConfig(Section):
     data: DataSection = DataSection()
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
+    scaling: ScalingSection = ScalingSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+    logging: LoggingSection = LoggingSection()
     output_dir: str = "runs/panacea"
 
     @model_validator(mode="after")
@@ -104,6 +151,16 @@ class RunConfig(Section):
             raise ValueError(
                 "eval.enabled needs ground-truth scorers, which only the built-in task "
                 "(data.source: assistant) has; set eval.enabled: false"
+            )
+        if (
+            self.eval.enabled
+            and self.eval.every
+            and self.scaling.strategy == "deepspeed"
+            and self.scaling.deepspeed.zero_stage == 3
+        ):
+            raise ValueError(
+                "eval.every needs whole weights on one worker; with deepspeed zero_stage 3 set "
+                "eval.every: 0 and evaluate the finished run with `moa eval`"
             )
         ref = self.eval.reference_point
         if ref is not None and len(ref) != len(self.data.objectives):
@@ -151,7 +208,8 @@ def _describe(err: ValidationError) -> str:
         if error["type"] == "extra_forbidden":
             problems.append(f"unknown field '{field}'")
         elif error["type"] == "value_error":
-            problems.append(f"{field}: {error['msg'].removeprefix('Value error, ')}")
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{field}: {message}" if error["loc"] else message)
         else:
             problems.append(f"field '{field}': {error['msg']} (got {error.get('input')!r})")
     return "invalid config: " + "; ".join(problems)

@@ -1,4 +1,7 @@
-"""`moa demo`: train the tiny built-in model on helpful vs harmless and show its front."""
+"""`moa demo`: train the tiny built-in model on helpful vs harmless through Ray Train on a local
+Ray instance, and show its front."""
+
+import os
 
 import torch
 
@@ -21,7 +24,9 @@ QUICK_OVERRIDES = [
 
 def run_demo(output_dir: str, quick: bool = False, overrides: list[str] = ()) -> RunResult:
     base = QUICK_OVERRIDES if quick else []
-    cfg = load_config(None, [*base, f"output_dir={output_dir}", *overrides])
+    # One Ray Train worker with every core of this machine.
+    cores = f"scaling.cpus_per_worker={os.cpu_count() or 1}"
+    cfg = load_config(None, [*base, cores, f"output_dir={output_dir}", *overrides])
     if not cfg.eval.enabled:
         raise MoaError("moa demo shows the front, so it needs eval.enabled: true")
     result = run_panacea(cfg, overwrite=True)

@@ -3,14 +3,15 @@
 Everything a run writes lands in its run folder:
   config.yaml      the resolved configuration
   metrics.jsonl    one line per logged training step
+  tensorboard/     the same metrics as TensorBoard events
+  checkpoints/     Ray Train's checkpoints (the last checkpoint.keep), for resuming
+  best/            the adapter with the highest in-training hypervolume, and best.json
   adapter/         the trained SVD-LoRA adapter (load_adapter)
   eval/            front.json, front.png, report.md
 """
 
-import json
 import random
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,22 +19,29 @@ import numpy as np
 import torch
 import yaml
 
-from orchestrator.algorithms.panacea import PanaceaTrainer, StepResult
 from orchestrator.atomic import atomic_write_text
 from orchestrator.config import RunConfig, load_config
 from orchestrator.data.assistant_task import AssistantTask
-from orchestrator.data.encoding import encode_pairs
 from orchestrator.data.sources import load_training_pairs
 from orchestrator.errors import MoaError
 from orchestrator.evaluation.front import Front, evaluate_base_point, evaluate_front
 from orchestrator.evaluation.grid import simplex_grid
 from orchestrator.evaluation.report import write_front
-from orchestrator.model.adapter_io import load_adapter, save_adapter
+from orchestrator.metrics_log import read_metrics
+from orchestrator.model.adapter_io import load_adapter
 from orchestrator.model.generate import SamplingParams
 from orchestrator.model.loading import load_model, load_tokenizer
 from orchestrator.model.svd_lora import inject_svd_lora
 
-RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "adapter", "eval")
+RUN_OUTPUTS = (
+    "config.yaml",
+    "metrics.jsonl",
+    "adapter",
+    "eval",
+    "best",
+    "checkpoints",
+    "tensorboard",
+)
 
 
 @dataclass
@@ -41,7 +49,7 @@ class RunResult:
     run_dir: Path
     model: torch.nn.Module  # the base model with the trained adapter
     tokenizer: object
-    history: list[StepResult]
+    history: list[dict]  # the logged steps (metrics.jsonl)
     front: Front | None  # None when eval.enabled is false
     train_seconds: float
 
@@ -52,10 +60,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: RunConfig):
+def build_model(cfg: RunConfig, device: str | None = None):
     """(tokenizer, base model with a fresh SVD-LoRA adapter) as the config describes."""
     tokenizer = load_tokenizer(cfg.model.name_or_path)
-    model = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.model.device)
+    model = load_model(cfg.model.name_or_path, cfg.model.dtype, device or cfg.model.device)
     inject_svd_lora(
         model,
         len(cfg.data.objectives),
@@ -94,32 +102,65 @@ def prepare_run_dir(cfg: RunConfig) -> Path:
 
 
 def run_panacea(cfg: RunConfig, *, progress: bool = True, overwrite: bool = False) -> RunResult:
+    """Train through Ray Train (a local Ray instance unless one is running or RAY_ADDRESS names
+    a cluster), then evaluate the front on the driver."""
+    from orchestrator.distributed.train import train
+
     check_run_dir(Path(cfg.output_dir), overwrite)
-    seed_everything(cfg.train.seed)
-    pairs = load_training_pairs(cfg.data)
-    tokenizer, model = build_model(cfg)
-    encoded = encode_pairs(
-        tokenizer, pairs, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens
-    )
-    trainer = PanaceaTrainer(model, encoded, tokenizer.pad_token_id, cfg.train)
+    pairs = check_training_inputs(cfg)
     run_dir = prepare_run_dir(cfg)
-    metrics_path = run_dir / "metrics.jsonl"
+    return _finish(cfg, run_dir, train(cfg, run_dir, pairs, progress=progress))
 
-    def log(result: StepResult) -> None:
-        if result.step % cfg.train.log_every == 0 or result.step == cfg.train.max_steps:
-            with metrics_path.open("a") as handle:
-                handle.write(json.dumps(result.as_dict()) + "\n")
 
-    start = time.perf_counter()
-    history = trainer.train(progress=progress, on_step=log)
-    train_seconds = time.perf_counter() - start
-    save_adapter(model, run_dir / "adapter")
+def resume_panacea(run_dir: str | Path, *, progress: bool = True) -> RunResult:
+    """Continue a stopped run from its latest checkpoint, with the config it was started with."""
+    from orchestrator.distributed.train import train
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise MoaError(f"{run_dir} is not a run folder: config.yaml is missing")
+    cfg = load_config(run_dir / "config.yaml")
+    pairs = check_training_inputs(cfg)
+    return _finish(cfg, run_dir, train(cfg, run_dir, pairs, progress=progress))
+
+
+def check_training_inputs(cfg: RunConfig):
+    """The training pairs, loaded before any worker starts: a dataset that lacks an objective,
+    a missing file or a model that cannot be found fails here, with the field named."""
+    try:
+        pairs = load_training_pairs(cfg.data)
+    except MoaError as err:
+        raise MoaError(f"data: {err}") from None
+    global_batch = cfg.train.batch_size * cfg.scaling.num_workers * cfg.train.grad_accum_steps
+    if len(pairs.pairs) < global_batch:
+        raise MoaError(
+            f"data: {len(pairs.pairs)} training pairs, fewer than one global batch of "
+            f"{global_batch} (train.batch_size × scaling.num_workers × train.grad_accum_steps)"
+        )
+    try:  # also builds the built-in base once, on the driver
+        load_tokenizer(cfg.model.name_or_path)
+    except MoaError as err:
+        raise MoaError(f"model.name_or_path: {err}") from None
+    return pairs
+
+
+def _finish(cfg: RunConfig, run_dir: Path, train_seconds: float) -> RunResult:
+    _, tokenizer, model = load_run(run_dir)
     front = evaluate_run(cfg, model, tokenizer, run_dir / "eval") if cfg.eval.enabled else None
-    return RunResult(run_dir, model, tokenizer, history, front, train_seconds)
+    return RunResult(run_dir, model, tokenizer, read_metrics(run_dir), front, train_seconds)
 
 
 def evaluate_run(cfg: RunConfig, model, tokenizer, out_dir: Path) -> Front:
     """The front over the λ grid, with the base model's point, written to `out_dir`."""
+    front = evaluate_on_grid(cfg, model, tokenizer, cfg.eval.grid_divisions, cfg.eval.num_prompts)
+    write_front(out_dir, front, title="Panacea front (held-out prompts)")
+    return front
+
+
+def evaluate_on_grid(
+    cfg: RunConfig, model, tokenizer, divisions: int, num_prompts: int, with_base: bool = True
+) -> Front:
+    """The front over the λ grid of `divisions`, on the first `num_prompts` held-out prompts."""
     if cfg.data.source != "assistant":
         raise MoaError(
             f"front evaluation needs the built-in task's scorers; this run trained on "
@@ -127,7 +168,7 @@ def evaluate_run(cfg: RunConfig, model, tokenizer, out_dir: Path) -> Front:
         )
     task = AssistantTask(seed=cfg.data.seed)
     objectives = cfg.data.objectives
-    prompts = task.prompts("test")[: cfg.eval.num_prompts]
+    prompts = task.prompts("test")[:num_prompts]
     sampling = SamplingParams(
         max_new_tokens=cfg.eval.max_new_tokens,
         temperature=cfg.eval.temperature,
@@ -140,8 +181,7 @@ def evaluate_run(cfg: RunConfig, model, tokenizer, out_dir: Path) -> Front:
         "max_prompt_tokens": cfg.data.max_prompt_tokens,
         "batch_size": cfg.eval.batch_size,
     }
-    base_point = evaluate_base_point(model, tokenizer, task, objectives, prompts, **options)
-    grid = simplex_grid(len(objectives), cfg.eval.grid_divisions, dtype=torch.float64)
+    grid = simplex_grid(len(objectives), divisions, dtype=torch.float64)
     front = evaluate_front(
         model,
         tokenizer,
@@ -152,8 +192,10 @@ def evaluate_run(cfg: RunConfig, model, tokenizer, out_dir: Path) -> Front:
         reference_point=cfg.eval.reference_point,
         **options,
     )
-    front.base_point = base_point
-    write_front(out_dir, front, title="Panacea front (held-out prompts)")
+    if with_base:
+        front.base_point = evaluate_base_point(
+            model, tokenizer, task, objectives, prompts, **options
+        )
     return front
 
 

@@ -1,9 +1,34 @@
 """Fixtures shared by several test folders."""
 
+import contextlib
+import json
 import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
+import psutil
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """Token authentication for every Ray client of the session, with a token of its own (never
+    ~/.ray/auth_token). Set before anything imports ray, which reads its auth mode once."""
+    token_dir = Path(tempfile.mkdtemp(prefix="moa-ray-auth-"))
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_dir / "auth_token"))
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(Path(os.environ["RAY_AUTH_TOKEN_PATH"]).parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,6 +66,32 @@ def tiny_base_dir(tmp_path_factory):
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def tokenizer(tiny_base_dir):
+    from orchestrator.model.loading import load_tokenizer
+
+    return load_tokenizer(str(tiny_base_dir))
+
+
+@pytest.fixture(scope="session")
+def encoded(tokenizer):
+    """64 encoded helpful/harmless pairs of the built-in task."""
+    from orchestrator.data.assistant_task import AssistantTask
+    from orchestrator.data.encoding import encode_pairs
+
+    pairs = AssistantTask(seed=0).preference_pairs(64, ("helpful", "harmless"))
+    return encode_pairs(tokenizer, pairs, max_prompt_tokens=32, max_response_tokens=48)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models run much faster on one thread, above all when the machine is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` run only where CUDA is available."""
     if torch.cuda.is_available():
@@ -49,3 +100,167 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+START_TIMEOUT_S = 180
+SUBMIT_TIMEOUT_S = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _head_processes(sid: int, marker: str) -> list[psutil.Process]:
+    """The head's processes: its session, plus job drivers (Ray gives each its own session)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == sid or proc.environ().get("MOA_TEST_RAY_HEAD") == marker:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def _stop_head(sid: int, marker: str) -> None:
+    # Not `ray stop`: it kills every Ray process of this user on the machine, including this
+    # test session's own ray.init() cluster and anyone else's.
+    procs = [p for p in _head_processes(sid, marker) if p.pid != os.getpid()]
+    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(sig)
+        _, procs = psutil.wait_procs(procs, timeout=wait_s)
+        if not procs:
+            return
+
+
+class LocalHead:
+    def __init__(
+        self, port: int, dashboard_port: int, token_path: Path, env: dict[str, str], cache_dir: str
+    ):
+        self.gcs_address = f"127.0.0.1:{port}"
+        self.address = f"http://127.0.0.1:{dashboard_port}"
+        self.token_path = token_path
+        self.env = env  # for clients holding the token
+        self.cache_dir = cache_dir  # MOA_CACHE_DIR of the head, hence of its jobs
+
+    def ray(self, *args: str, env=None, timeout=SUBMIT_TIMEOUT_S) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [RAY, *args],
+            cwd=REPO,
+            env=self.env if env is None else env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def submit(self, *entrypoint: str, submission_id: str, env=None):
+        return self.ray(
+            "job", "submit", "--address", self.address, "--submission-id", submission_id,
+            "--working-dir", str(REPO), "--runtime-env", "cluster/runtime_env.yaml",
+            "--", *entrypoint,
+            env=env,
+        )  # fmt: skip
+
+    def status(self, submission_id: str) -> str:
+        """The job's status from the REST API; the CLI prints only a sentence."""
+        return _get_json(f"{self.address}/api/jobs/{submission_id}", self.token)["status"]
+
+    @property
+    def token(self) -> str:
+        return self.token_path.read_text().strip()
+
+
+def _get_json(url: str, token: str):
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def _wait_for_job_api(address: str, token: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            _get_json(f"{address}/api/jobs/", token)
+            return
+        except (urllib.error.URLError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """The test session's one Ray instance: a head started by cluster/start-local.sh with token
+    authentication (4 CPUs, free ports, token in pytest's tmp dir), stopped even if tests fail."""
+    token_path = Path(os.environ["RAY_AUTH_TOKEN_PATH"])  # start-local.sh creates the token
+    # Short on purpose: Ray's unix sockets live under it and may not exceed 107 bytes.
+    temp_dir = tempfile.mkdtemp(prefix="moa-ray-", dir="/tmp")
+    marker = secrets.token_hex(8)
+    dashboard_port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    env.pop("RAY_API_SERVER_ADDRESS", None)
+    env.setdefault("MOA_CACHE_DIR", str(tmp_path_factory.mktemp("moa-cache")))
+    env.update(
+        # The venv's `ray` for the script, and its `python` for the jobs' entrypoints.
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_PORT=str(_free_port()),
+        DASHBOARD_PORT=str(dashboard_port),
+        NUM_CPUS="4",
+        RAY_TEMP_DIR=temp_dir,
+        RAY_AUTH_TOKEN_PATH=str(token_path),
+        MOA_TEST_RAY_HEAD=marker,
+    )
+    # Defaults 10001 and 52365 would clash with any other head on this machine.
+    extra = [
+        "--ray-client-server-port", str(_free_port()),
+        "--dashboard-agent-listen-port", str(_free_port()),
+    ]  # fmt: skip
+    # Own session, so that teardown finds every process of this head and nothing else.
+    proc = subprocess.Popen(
+        [str(REPO / "cluster" / "start-local.sh"), *extra],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        try:
+            out, _ = proc.communicate(timeout=START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            pytest.fail(f"start-local.sh took over {START_TIMEOUT_S} s:\n{out}")
+        if proc.returncode != 0:
+            pytest.fail(f"start-local.sh failed ({proc.returncode}):\n{out}")
+        assert token_path.stat().st_mode & 0o777 == 0o600
+        client_env = {
+            k: v for k, v in env.items() if k not in ("MOA_TEST_RAY_HEAD", "RAY_TEMP_DIR")
+        }
+        client_env["RAY_AUTH_MODE"] = "token"
+        head = LocalHead(
+            int(env["RAY_PORT"]), dashboard_port, token_path, client_env, env["MOA_CACHE_DIR"]
+        )
+        _wait_for_job_api(head.address, head.token, timeout_s=60)
+        yield head
+    finally:
+        _stop_head(proc.pid, marker)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_head):
+    """This process as a driver of the session's Ray head, authenticated with its token."""
+    import ray
+
+    ray.init(address=ray_head.gcs_address, log_to_driver=False)
+    yield ray_head
+    ray.shutdown()

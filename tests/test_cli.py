@@ -7,7 +7,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.model.adapter_io import read_adapter_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Panacea: one SVD-LoRA model for every preference, trained with λ sampled per step.
 
 `objective_losses` / `panacea_loss` are the training step's maths on one batch; `PanaceaTrainer`
-owns the optimizer, schedule, λ sampling and data order. Neither knows about processes or Ray;
-the step is written so a Ray Train worker can run it on its shard of each global batch.
+owns λ sampling, data order and the step; an engine (orchestrator.engine) owns the optimizer and
+the gradient sync between data-parallel ranks. Nothing here knows about Ray.
 """
 
 import time
@@ -14,10 +14,11 @@ from torch import nn
 from tqdm import tqdm
 
 from orchestrator.config import TrainSection
-from orchestrator.data.batching import step_indices
+from orchestrator.data.batching import step_indices, steps_per_epoch
 from orchestrator.data.encoding import EncodedPair, collate_pairs
+from orchestrator.engine import LocalEngine
 from orchestrator.errors import MoaError
-from orchestrator.model.svd_lora import adapter_disabled, adapter_parameters, preference
+from orchestrator.model.svd_lora import adapter_disabled, preference
 from orchestrator.objectives import (
     PreferenceSampler,
     aggregate,
@@ -27,7 +28,6 @@ from orchestrator.objectives import (
     per_objective_sft_losses,
     sequence_logprobs,
 )
-from orchestrator.schedule import warmup_cosine
 
 
 def policy_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -104,55 +104,74 @@ class StepResult:
     objective_losses: list[float]
     preference: list[float]
     learning_rate: float
-    tokens: int
+    tokens: int  # over all ranks
     seconds: float
+    data_seconds: float  # collating micro-batches and their reference log-probs
+    compute_seconds: float  # forward and backward passes
+    optimizer_seconds: float  # gradient sync at the boundary, clipping, update
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "tokens_per_s": self.tokens / max(self.seconds, 1e-9)}
 
 
 class PanaceaTrainer:
-    """AdamW on the adapter tensors only, warm-up then cosine decay, one λ per optimizer step.
+    """Panacea training on this process's share of every global batch.
 
     λ for step t and the examples of step t are pure functions of (seed, t), so a resumed run
-    repeats the same steps and data-parallel ranks can draw the same λ without talking.
-    A step is exactly the step over its whole global batch, however it is cut into micro-batches:
-    per-objective means are normalised by the step's non-tie counts, and Tche / STCH weight the
-    objectives by the aggregation's gradient at the step's means. The model runs in eval mode
+    repeats the same steps and data-parallel ranks draw the same λ without talking. The global
+    batch is batch_size × ranks × grad_accum_steps pairs; rank r takes the r-th slice, cut into
+    micro-batches. A step is exactly the step over the whole global batch, however it is cut:
+    per-objective means are normalised by the global batch's non-tie counts, and Tche / STCH weight
+    the objectives by the aggregation's gradient at the global means. The model runs in eval mode
     (dropout off, as TRL does by default), so policy and reference see the same network.
+    `engine` (default: one process) owns the optimizer and combines the ranks' gradients.
     """
 
-    def __init__(self, model: nn.Module, pairs: list[EncodedPair], pad_id: int, cfg: TrainSection):
+    def __init__(
+        self,
+        model: nn.Module,
+        pairs: list[EncodedPair],
+        pad_id: int,
+        cfg: TrainSection,
+        engine: LocalEngine | None = None,
+    ):
         if not pairs:
             raise MoaError("there are no training pairs: the training split is empty")
         self.model, self.pairs, self.pad_id, self.cfg = model, pairs, pad_id, cfg
+        self.engine = engine or LocalEngine(model, cfg)
         self.num_objectives = len(pairs[0].signs)
-        self.parameters = list(adapter_parameters(model).values())
-        self.device = self.parameters[0].device
-        self.optimizer = torch.optim.AdamW(
-            self.parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.max_steps, final_fraction=0.1),
-        )
+        self.device = self.engine.parameters[0].device
         self.sampler = PreferenceSampler(self.num_objectives, cfg.vertex_probability, cfg.seed)
         self.reference: torch.Tensor | None = None
         self.step = 0
+        steps_per_epoch(len(pairs), self.global_batch)  # fails now if one batch does not fit
+
+    @property
+    def optimizer(self):
+        return self.engine.optimizer
 
     @property
     def global_batch(self) -> int:
-        return self.cfg.batch_size * self.cfg.grad_accum_steps
+        return self.cfg.batch_size * self.engine.world_size * self.cfg.grad_accum_steps
+
+    @property
+    def epoch_and_position(self) -> tuple[int, int]:
+        """(epochs done, steps done in the current epoch) after `step` steps."""
+        return divmod(self.step, steps_per_epoch(len(self.pairs), self.global_batch))
 
     def precompute_reference(self, progress: bool = False) -> None:
-        """Reference log-probs of every pair, once: the base model never changes."""
-        size = self.cfg.batch_size
-        starts = range(0, len(self.pairs), size)
+        """Reference log-probs of every pair, once: the base model never changes. Each rank
+        computes an equal share (wrapping around at the end) and all ranks gather the whole."""
+        size, total, ranks = self.cfg.batch_size, len(self.pairs), self.engine.world_size
+        share = -(-total // ranks)
+        mine = [(self.engine.rank * share + i) % total for i in range(share)]
+        chunks = [mine[i : i + size] for i in range(0, share, size)]
         parts = [
-            reference_logprobs(self.model, self._collate(range(i, min(i + size, len(self.pairs)))))
-            for i in tqdm(starts, desc="reference log-probs", disable=not progress)
+            reference_logprobs(self.model, self._collate(chunk))
+            for chunk in tqdm(chunks, desc="reference log-probs", disable=not progress)
         ]
-        self.reference = torch.cat(parts).cpu()
+        gathered = self.engine.all_gather(torch.cat(parts))
+        self.reference = torch.cat(gathered)[:total].cpu()
 
     def _collate(self, indices) -> dict[str, torch.Tensor]:
         indices = list(indices)
@@ -173,56 +192,65 @@ class PanaceaTrainer:
         start = time.perf_counter()
         was_training = self.model.training
         self.model.eval()
-        cfg = self.cfg
+        cfg, engine = self.cfg, self.engine
         pref = self.sampler.sample(self.step).to(self.device)
         indices = step_indices(len(self.pairs), self.global_batch, cfg.seed, self.step)
         counts = non_tie_counts(torch.tensor([self.pairs[i].signs for i in indices])).to(
             self.device
         )
+        share = cfg.batch_size * cfg.grad_accum_steps
+        mine = indices[engine.rank * share : (engine.rank + 1) * share]
         batches = [
-            self._training_batch(indices[i : i + cfg.batch_size])
-            for i in range(0, len(indices), cfg.batch_size)
+            self._training_batch(mine[i : i + cfg.batch_size])
+            for i in range(0, share, cfg.batch_size)
         ]
+        data_done = time.perf_counter()
         # LS is linear: the micro-batches' aggregated losses add up to the step's. Tche and STCH
-        # are not, so with several micro-batches find the step's means first, then weight each
-        # objective by the aggregation's gradient there.
+        # are not, so when the step is cut, find its means first, then weight each objective by
+        # the aggregation's gradient there.
         weights = None
-        if len(batches) > 1 and cfg.aggregation != "ls":
+        if len(batches) * engine.world_size > 1 and cfg.aggregation != "ls":
             with torch.no_grad():
-                means = sum(objective_losses(self.model, b, pref, cfg, counts) for b in batches)
+                means = sum(objective_losses(engine.module, b, pref, cfg, counts) for b in batches)
+            means = engine.all_reduce_sum(means)
             weights = aggregation_weights(means, pref, cfg.aggregation, mu=cfg.stch_mu)
         per_objective = torch.zeros(self.num_objectives, device=self.device)
-        for batch in batches:
-            losses = objective_losses(self.model, batch, pref, cfg, counts)
-            if weights is None:
-                loss = aggregate(losses, pref, cfg.aggregation, mu=cfg.stch_mu)
-            else:
-                loss = (weights * losses).sum()
-            loss.backward()
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1
+            with engine.micro_batch(last):
+                losses = objective_losses(engine.module, batch, pref, cfg, counts)
+                if weights is None:
+                    loss = aggregate(losses, pref, cfg.aggregation, mu=cfg.stch_mu)
+                else:
+                    loss = (weights * losses).sum()
+                engine.backward(loss, last)
             per_objective += losses.detach()
-        if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.parameters, cfg.max_grad_norm)
-        learning_rate = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        compute_done = time.perf_counter()
+        learning_rate = engine.step()
         self.model.train(was_training)
         self.step += 1
+        per_objective = engine.all_reduce_sum(per_objective)
+        tokens = engine.all_reduce_sum(
+            torch.tensor(sum(int(b["attention_mask"].sum()) for b in batches), device=self.device)
+        )
+        end = time.perf_counter()
         return StepResult(
             step=self.step,
             loss=aggregate(per_objective, pref, cfg.aggregation, mu=cfg.stch_mu).item(),
             objective_losses=per_objective.tolist(),
             preference=pref.tolist(),
             learning_rate=learning_rate,
-            tokens=sum(int(b["attention_mask"].sum()) for b in batches),
-            seconds=time.perf_counter() - start,
+            tokens=int(tokens),
+            seconds=end - start,
+            data_seconds=data_done - start,
+            compute_seconds=compute_done - data_done,
+            optimizer_seconds=end - compute_done,
         )
 
     def train(
         self, progress: bool = True, on_step: Callable[[StepResult], None] | None = None
     ) -> list[StepResult]:
-        if self.cfg.loss == "dpo" and self.cfg.precompute_reference and self.reference is None:
-            self.precompute_reference(progress)
+        self.prepare(progress)
         history = []
         bar = tqdm(
             total=self.cfg.max_steps, initial=self.step, desc="panacea", disable=not progress
@@ -238,3 +266,8 @@ class PanaceaTrainer:
             )
         bar.close()
         return history
+
+    def prepare(self, progress: bool = False) -> None:
+        """Work done once before the first step: the reference log-probs, when precomputed."""
+        if self.cfg.loss == "dpo" and self.cfg.precompute_reference and self.reference is None:
+            self.precompute_reference(progress)

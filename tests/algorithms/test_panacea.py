@@ -8,9 +8,8 @@ from orchestrator.algorithms.panacea import (
     reference_logprobs,
 )
 from orchestrator.config import TrainSection
-from orchestrator.data.assistant_task import AssistantTask
-from orchestrator.data.encoding import collate_pairs, encode_pairs
-from orchestrator.model.loading import load_model, load_tokenizer
+from orchestrator.data.encoding import collate_pairs
+from orchestrator.model.loading import load_model
 from orchestrator.model.svd_lora import (
     adapter_parameters,
     inject_svd_lora,
@@ -19,17 +18,6 @@ from orchestrator.model.svd_lora import (
 )
 
 OBJECTIVES = ("helpful", "harmless")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_base_dir):
-    return load_tokenizer(str(tiny_base_dir))
-
-
-@pytest.fixture(scope="module")
-def encoded(tokenizer):
-    pairs = AssistantTask(seed=0).preference_pairs(64, OBJECTIVES)
-    return encode_pairs(tokenizer, pairs, max_prompt_tokens=32, max_response_tokens=48)
 
 
 def steerable(tiny_base_dir, seed=0):

@@ -10,12 +10,8 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run much faster on one thread, above all when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(single_thread):
+    """Every model test runs on one thread."""
 
 
 def build_llama(

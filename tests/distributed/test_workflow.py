@@ -7,6 +7,8 @@ from orchestrator.data.assistant_task import AssistantTask
 from orchestrator.errors import MoaError
 from orchestrator.workflow import evaluate_run, load_run, run_panacea
 
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
+
 
 @pytest.fixture
 def jsonl_config(tiny_base_dir, tmp_path):
@@ -33,7 +35,7 @@ def jsonl_config(tiny_base_dir, tmp_path):
 def test_a_run_on_a_pairs_file_trains_and_saves(jsonl_config):
     result = run_panacea(jsonl_config, progress=False)
     assert result.front is None
-    assert [r.step for r in result.history] == [1, 2, 3]
+    assert [r["step"] for r in result.history] == [1, 2, 3]
     logged = [
         json.loads(line)
         for line in (result.run_dir / "metrics.jsonl").read_text().split("\n")

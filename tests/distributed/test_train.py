@@ -1,0 +1,180 @@
+"""Panacea on Ray Train: data parallelism, restarts, resumes and DeepSpeed give the numbers of a
+single uninterrupted process."""
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from orchestrator.cli import main
+from orchestrator.config import load_config
+from orchestrator.data.assistant_task import AssistantTask
+from orchestrator.distributed.train import FAULT_ENV
+from orchestrator.errors import MoaError
+from orchestrator.metrics_log import read_metrics
+from orchestrator.workflow import run_panacea
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    """32 training pairs: with a global batch of 8, an epoch is exactly 4 steps."""
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    AssistantTask(seed=3).preference_pairs(32, ("helpful", "harmless")).save_jsonl(path)
+    return path
+
+
+def config(tiny_base_dir, pairs_file, output_dir, *overrides):
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_base_dir}",
+            "data.source=jsonl",
+            f"data.path={pairs_file}",
+            "data.test_fraction=0",
+            "adapter.rank=2",
+            "train.batch_size=4",
+            "train.max_steps=6",
+            "train.warmup_steps=1",
+            "train.log_every=1",
+            "eval.enabled=false",
+            "checkpoint.every=2",
+            f"output_dir={output_dir}",
+            *overrides,
+        ],
+    )
+
+
+def adapter(run_dir):
+    return load_file(run_dir / "adapter" / "adapter.safetensors")
+
+
+def max_difference(a, b):
+    assert a.keys() == b.keys()
+    return max((a[name] - b[name]).abs().max().item() for name in a)
+
+
+@pytest.fixture(scope="module")
+def two_workers(tiny_base_dir, pairs_file, tmp_path_factory):
+    """The reference run: 2 gloo workers, 4 pairs each per step, never interrupted."""
+    out = tmp_path_factory.mktemp("two-workers") / "run"
+    return run_panacea(
+        config(tiny_base_dir, pairs_file, out, "scaling.num_workers=2"), progress=False
+    )
+
+
+def test_two_workers_train_the_adapter_one_worker_trains_on_the_same_global_batch(
+    two_workers, tiny_base_dir, pairs_file, tmp_path
+):
+    one = run_panacea(
+        config(tiny_base_dir, pairs_file, tmp_path / "run", "train.grad_accum_steps=2"),
+        progress=False,
+    )
+    assert max_difference(adapter(two_workers.run_dir), adapter(one.run_dir)) < 1e-5
+    assert [m["step"] for m in two_workers.history] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(two_workers.history, one.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["tokens"] == b["tokens"]  # tokens are summed over the ranks
+
+
+def test_tchebycheff_steps_agree_across_ranks_too(tiny_base_dir, pairs_file, tmp_path):
+    """Tche is not linear: the ranks must agree on the step's per-objective means first."""
+    common = ("train.aggregation=tche", "train.max_steps=3")
+    two = run_panacea(
+        config(tiny_base_dir, pairs_file, tmp_path / "two", "scaling.num_workers=2", *common),
+        progress=False,
+    )
+    one = run_panacea(
+        config(tiny_base_dir, pairs_file, tmp_path / "one", "train.grad_accum_steps=2", *common),
+        progress=False,
+    )
+    assert max_difference(adapter(two.run_dir), adapter(one.run_dir)) < 1e-5
+
+
+def test_a_worker_that_fails_is_restarted_from_the_last_checkpoint_with_the_same_result(
+    two_workers, tiny_base_dir, pairs_file, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(FAULT_ENV, "4:1")  # rank 1 fails before step 4; checkpoints at 2, 4, 6
+    cfg = config(
+        tiny_base_dir, pairs_file, tmp_path / "run", "scaling.num_workers=2",
+        "checkpoint.max_failures=1",
+    )  # fmt: skip
+    result = run_panacea(cfg, progress=False)
+    assert (result.run_dir / ".fault-injected-4").exists()  # the fault did happen
+    assert max_difference(adapter(two_workers.run_dir), adapter(result.run_dir)) <= 1e-6
+    assert [m["step"] for m in result.history] == [1, 2, 3, 4, 5, 6]  # step 3 logged once
+    assert [m["loss"] for m in result.history] == [m["loss"] for m in two_workers.history]
+
+
+def test_a_stopped_job_resumes_at_an_epoch_boundary_with_the_same_result(
+    two_workers, tiny_base_dir, pairs_file, tmp_path, monkeypatch
+):
+    """Checkpoint at step 4 = the end of epoch 0; the job dies in step 5 and is resumed with
+    `moa train --resume`."""
+    monkeypatch.setenv(FAULT_ENV, "5")
+    cfg = config(
+        tiny_base_dir, pairs_file, tmp_path / "run", "scaling.num_workers=2", "checkpoint.every=4"
+    )
+    with pytest.raises(MoaError, match="--resume"):
+        run_panacea(cfg, progress=False)
+    state = json.loads((tmp_path / "run/checkpoints/checkpoint_000004/state.json").read_text())
+    assert (state["step"], state["epoch"], state["position"]) == (4, 1, 0)
+    assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1, 2, 3, 4]
+
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 0
+    assert max_difference(adapter(two_workers.run_dir), adapter(tmp_path / "run")) <= 1e-6
+    assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_only_the_last_checkpoints_are_kept(two_workers):
+    kept = sorted(p.name for p in (two_workers.run_dir / "checkpoints").glob("checkpoint_0*"))
+    assert kept == ["checkpoint_000004", "checkpoint_000006"]  # checkpoint.keep = 2
+
+
+def test_deepspeed_zero2_trains_and_its_first_step_matches_ddp(
+    two_workers, tiny_base_dir, pairs_file, tmp_path
+):
+    cfg = config(
+        tiny_base_dir, pairs_file, tmp_path / "run", "scaling.num_workers=2",
+        "scaling.strategy=deepspeed", "train.max_steps=2",
+    )  # fmt: skip
+    result = run_panacea(cfg, progress=False)
+    assert [m["step"] for m in result.history] == [1, 2]
+    assert result.history[0]["loss"] == pytest.approx(two_workers.history[0]["loss"], rel=1e-6)
+    assert result.history[0]["objective_losses"] == pytest.approx(
+        two_workers.history[0]["objective_losses"], rel=1e-6
+    )
+    checkpoint = result.run_dir / "checkpoints" / "checkpoint_000002"
+    assert (checkpoint / "deepspeed" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").is_file()
+    assert (checkpoint / "adapter" / "adapter.safetensors").is_file()
+
+
+def test_evaluation_during_training_keeps_the_best_adapter(tiny_base_dir, tmp_path):
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_base_dir}",
+            "data.num_pairs=64",
+            "adapter.rank=2",
+            "train.batch_size=8",
+            "train.max_steps=4",
+            "train.log_every=1",
+            "eval.every=2",
+            "eval.coarse_grid_divisions=2",
+            "eval.coarse_num_prompts=3",
+            "eval.grid_divisions=2",
+            "eval.num_prompts=3",
+            "eval.max_new_tokens=8",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+    )
+    result = run_panacea(cfg, progress=False)
+    evaluated = {m["step"]: m["hypervolume"] for m in result.history if "hypervolume" in m}
+    assert sorted(evaluated) == [2, 4]
+    best = json.loads((result.run_dir / "best" / "best.json").read_text())
+    assert best["hypervolume"] == max(evaluated.values())
+    assert evaluated[best["step"]] == best["hypervolume"]
+    assert (result.run_dir / "best" / "adapter" / "adapter.safetensors").is_file()
+    assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert result.front is not None and (result.run_dir / "eval" / "front.json").is_file()

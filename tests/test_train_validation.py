@@ -1,0 +1,158 @@
+"""`moa train` rejects a bad run on the driver, before any Ray worker starts."""
+
+import json
+
+import pytest
+import yaml
+
+import orchestrator.distributed.train as distributed_train
+from orchestrator.cli import main
+
+
+def refuse_workers(*args, **kwargs):
+    raise AssertionError("a worker was started")
+
+
+@pytest.fixture(autouse=True)
+def _no_workers(monkeypatch):
+    monkeypatch.setattr(distributed_train, "ensure_ray", refuse_workers)
+    monkeypatch.setattr(distributed_train, "TorchTrainer", refuse_workers)
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return tmp_path / "run"
+
+
+@pytest.fixture
+def config_file(tmp_path, run_dir, tiny_base_dir):
+    """A valid config: the session's tiny model on a small built-in task."""
+    path = tmp_path / "run.yaml"
+    config = {
+        "model": {"name_or_path": str(tiny_base_dir)},
+        "data": {"num_pairs": 40},
+        "train": {"batch_size": 4, "max_steps": 2},
+        "output_dir": str(run_dir),
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    """A jsonl dataset labelled for helpful and harmless only."""
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"objectives": ["helpful", "harmless"]}]
+    rows += [
+        {
+            "prompt": f"question {i}",
+            "response_a": "yes",
+            "response_b": "no",
+            "labels": {"helpful": "a", "harmless": "b"},
+        }
+        for i in range(20)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def refused(capsys, args: list[str]) -> str:
+    """The error line of a `moa train` that exits 2."""
+    assert main(["train", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("moa train: error: ")
+    assert captured.err.count("\n") == 1
+    return captured.err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        (["train.lr=0.1"], ["unknown field 'train.lr'"]),
+        (["train.max_steps=abc"], ["train.max_steps", "'abc'"]),
+        (["adapter.rank=0"], ["adapter.rank"]),
+        (["train.learning_rate=-1"], ["train.learning_rate", "greater than 0"]),
+        (["data.objectives=[helpful, funny]"], ["data:", "funny", "assistant task"]),
+        (
+            ["data.num_pairs=10", "train.batch_size=8", "train.grad_accum_steps=2"],
+            ["fewer than one global batch of 16", "train.batch_size"],
+        ),
+        (
+            ["scaling.num_workers=4", "data.num_pairs=12"],
+            ["global batch of 16", "scaling.num_workers"],
+        ),
+        (
+            ["scaling.strategy=deepspeed", "scaling.deepspeed.offload_params=true"],
+            ["scaling.deepspeed", "offload_params needs zero_stage: 3"],
+        ),
+        (
+            [
+                "scaling.strategy=deepspeed",
+                "scaling.deepspeed.zero_stage=3",
+                "eval.every=1",
+            ],
+            ["eval.every", "zero_stage 3"],
+        ),
+    ],
+)
+def test_bad_config_is_refused_before_any_worker(capsys, config_file, run_dir, overrides, names):
+    err = refused(capsys, [str(config_file), *overrides])
+    for name in names:
+        assert name in err
+    assert not run_dir.exists()
+
+
+def test_objectives_the_jsonl_dataset_lacks(capsys, config_file, run_dir, pairs_file):
+    overrides = [
+        "data.source=jsonl",
+        f"data.path={pairs_file}",
+        "eval.enabled=false",
+        "data.num_pairs=2000",  # ignored for files; only the file's pairs count
+    ]
+    err = refused(capsys, [str(config_file), *overrides, "data.objectives=[helpful, funny]"])
+    assert "data:" in err and "['funny']" in err and "not in this dataset" in err
+    assert not run_dir.exists()
+
+    # The same dataset with objectives it has gets as far as starting the workers.
+    with pytest.raises(AssertionError, match="a worker was started"):
+        main(["train", str(config_file), *overrides])
+
+
+def test_a_valid_config_gets_as_far_as_starting_workers(config_file, run_dir):
+    """The control for every refusal here: without a mistake, training would start."""
+    with pytest.raises(AssertionError, match="a worker was started"):
+        main(["train", str(config_file)])
+    assert (run_dir / "config.yaml").is_file()
+
+
+def test_existing_run_folder_needs_overwrite(capsys, config_file, run_dir):
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("earlier: run\n")
+    err = refused(capsys, [str(config_file)])
+    assert str(run_dir) in err and "--overwrite" in err
+    assert (run_dir / "config.yaml").read_text() == "earlier: run\n"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
+
+    with pytest.raises(AssertionError, match="a worker was started"):
+        main(["train", str(config_file), "--overwrite"])
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["max_steps"] == 2
+
+
+def test_resume_of_a_folder_without_config(capsys, run_dir):
+    err = refused(capsys, ["--resume", str(run_dir)])
+    assert "config.yaml is missing" in err
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("extra", [["train.beta=0.2"], ["CONFIG"]])
+def test_resume_takes_no_config_or_overrides(capsys, config_file, run_dir, extra):
+    args = [str(config_file) if arg == "CONFIG" else arg for arg in extra]
+    err = refused(capsys, ["--resume", str(run_dir), *args])
+    assert "--resume" in err and "no config or overrides" in err
+    assert not run_dir.exists()
+
+
+def test_missing_model_directory(capsys, config_file, run_dir, tmp_path):
+    err = refused(capsys, [str(config_file), f"model.name_or_path={tmp_path / 'no-model'}"])
+    assert "model.name_or_path" in err and "no-model" in err
+    assert not run_dir.exists()
