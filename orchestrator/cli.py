@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = commands.add_parser("eval", help="evaluate a run's front on its λ grid again")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--output-dir", help="default: RUN_DIR/eval")
-    evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="eval.* overrides")
+    evaluate.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="eval.* and generation.* overrides"
+    )
 
     # key=value overrides may come before or after the options, as in `moa eval RUN --output-dir
     # DIR eval.temperature=1`; argparse leaves those after an option among the unknown arguments.
@@ -95,14 +97,14 @@ def _train(config: str | None, resume: str | None, overwrite: bool, overrides: l
 def _evaluate(run_dir: str, output_dir: str | None, overrides: list[str]) -> None:
     from pathlib import Path
 
-    from orchestrator.workflow import evaluate_run, load_run
+    from orchestrator.workflow import evaluate_with_pool, load_run
 
-    bad = [o for o in overrides if not o.startswith("eval.")]
+    bad = [o for o in overrides if not o.startswith(("eval.", "generation."))]
     if bad:
-        raise MoaError(f"moa eval only takes eval.* overrides; got {bad}")
+        raise MoaError(f"moa eval only takes eval.* and generation.* overrides; got {bad}")
     cfg, tokenizer, model = load_run(run_dir, overrides)
     out_dir = Path(output_dir or Path(run_dir) / "eval")
-    front = evaluate_run(cfg, model, tokenizer, out_dir)
+    front = evaluate_with_pool(cfg, model, tokenizer, out_dir)
     metrics = front.metrics()
     print(
         f"hypervolume {metrics['hypervolume']:.4f}, inner product {metrics['inner_product']:.4f}, "

@@ -104,6 +104,15 @@ class ScalingSection(Section):
     deepspeed: DeepSpeedSection = DeepSpeedSection()
 
 
+class GenerationSection(Section):
+    """The generation pool: Ray actors that each hold the base model and the adapter."""
+
+    num_actors: Count = 1
+    cpus_per_actor: Positive = 1.0
+    gpus_per_actor: Annotated[float, Field(ge=0.0)] = 0.0
+    batch_size: Count = 32  # requests per forward pass of one actor (each with its own λ)
+
+
 class CheckpointSection(Section):
     every: Count = 50  # optimizer steps between checkpoints (the last step always gets one)
     keep: Count = 2  # most recent checkpoints kept; the best adapter by hypervolume is kept too
@@ -141,6 +150,7 @@ class RunConfig(Section):
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
     scaling: ScalingSection = ScalingSection()
+    generation: GenerationSection = GenerationSection()
     checkpoint: CheckpointSection = CheckpointSection()
     logging: LoggingSection = LoggingSection()
     output_dir: str = "runs/panacea"

@@ -24,9 +24,10 @@ QUICK_OVERRIDES = [
 
 def run_demo(output_dir: str, quick: bool = False, overrides: list[str] = ()) -> RunResult:
     base = QUICK_OVERRIDES if quick else []
-    # One Ray Train worker with every core of this machine.
-    cores = f"scaling.cpus_per_worker={os.cpu_count() or 1}"
-    cfg = load_config(None, [*base, cores, f"output_dir={output_dir}", *overrides])
+    # One Ray Train worker, then one generation actor, with every core of this machine.
+    cores = os.cpu_count() or 1
+    machine = [f"scaling.cpus_per_worker={cores}", f"generation.cpus_per_actor={cores}"]
+    cfg = load_config(None, [*base, *machine, f"output_dir={output_dir}", *overrides])
     if not cfg.eval.enabled:
         raise MoaError("moa demo shows the front, so it needs eval.enabled: true")
     result = run_panacea(cfg, overwrite=True)

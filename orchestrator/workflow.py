@@ -30,7 +30,7 @@ from orchestrator.evaluation.report import write_front
 from orchestrator.metrics_log import read_metrics
 from orchestrator.model.adapter_io import load_adapter
 from orchestrator.model.generate import SamplingParams
-from orchestrator.model.loading import load_model, load_tokenizer
+from orchestrator.model.loading import load_model, load_tokenizer, resolve_model_path
 from orchestrator.model.svd_lora import inject_svd_lora
 
 RUN_OUTPUTS = (
@@ -146,19 +146,42 @@ def check_training_inputs(cfg: RunConfig):
 
 def _finish(cfg: RunConfig, run_dir: Path, train_seconds: float) -> RunResult:
     _, tokenizer, model = load_run(run_dir)
-    front = evaluate_run(cfg, model, tokenizer, run_dir / "eval") if cfg.eval.enabled else None
+    front = None
+    if cfg.eval.enabled:
+        front = evaluate_with_pool(cfg, model, tokenizer, run_dir / "eval")
     return RunResult(run_dir, model, tokenizer, read_metrics(run_dir), front, train_seconds)
 
 
-def evaluate_run(cfg: RunConfig, model, tokenizer, out_dir: Path) -> Front:
-    """The front over the λ grid, with the base model's point, written to `out_dir`."""
-    front = evaluate_on_grid(cfg, model, tokenizer, cfg.eval.grid_divisions, cfg.eval.num_prompts)
+def evaluate_with_pool(cfg: RunConfig, model, tokenizer, out_dir: Path) -> Front:
+    """evaluate_run with the grid's answers from a generation pool (`generation.*`) on Ray."""
+    from orchestrator.distributed.generation import pool_for
+    from orchestrator.distributed.train import ensure_ray
+
+    ensure_ray()
+    path = resolve_model_path(cfg.model.name_or_path)
+    options = {"max_prompt_tokens": cfg.data.max_prompt_tokens}
+    with pool_for(model, path, cfg.model.dtype, cfg.generation, **options) as pool:
+        return evaluate_run(cfg, model, tokenizer, out_dir, answer=pool.answerer())
+
+
+def evaluate_run(cfg: RunConfig, model, tokenizer, out_dir: Path, answer=None) -> Front:
+    """The front over the λ grid, with the base model's point, written to `out_dir`.
+    `answer`: where the grid is generated (default: `model`, here; see evaluate_front)."""
+    front = evaluate_on_grid(
+        cfg, model, tokenizer, cfg.eval.grid_divisions, cfg.eval.num_prompts, answer=answer
+    )
     write_front(out_dir, front, title="Panacea front (held-out prompts)")
     return front
 
 
 def evaluate_on_grid(
-    cfg: RunConfig, model, tokenizer, divisions: int, num_prompts: int, with_base: bool = True
+    cfg: RunConfig,
+    model,
+    tokenizer,
+    divisions: int,
+    num_prompts: int,
+    with_base: bool = True,
+    answer=None,
 ) -> Front:
     """The front over the λ grid of `divisions`, on the first `num_prompts` held-out prompts."""
     if cfg.data.source != "assistant":
@@ -190,6 +213,7 @@ def evaluate_on_grid(
         grid,
         prompts,
         reference_point=cfg.eval.reference_point,
+        answer=answer,
         **options,
     )
     if with_base:

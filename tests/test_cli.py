@@ -82,7 +82,7 @@ def test_errors_are_one_line_and_exit_2(capsys, tmp_path):
     assert main(["eval", str(tmp_path / "nothing")]) == 2
     assert "not a run folder" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "nothing"), "train.beta=1"]) == 2
-    assert "only takes eval.* overrides" in capsys.readouterr().err
+    assert "only takes eval.* and generation.* overrides" in capsys.readouterr().err
     assert main(["demo", "--quick", "train.lr=1"]) == 2
     assert "unknown field 'train.lr'" in capsys.readouterr().err
     assert main(["demo", "--quick", "eval.enabled=false"]) == 2

@@ -3,8 +3,8 @@
 All (λ, prompt) rows go through one batched generation with a preference per row.
 """
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -16,6 +16,8 @@ from orchestrator.model.generate import SamplingParams, generate
 from orchestrator.model.svd_lora import adapter_disabled
 
 GREEDY = SamplingParams(max_new_tokens=96)
+# answer(prompts, preferences [rows, m], sampling params per row) → one answer per row
+Answerer = Callable[[list[str], torch.Tensor, list[SamplingParams]], list[str]]
 
 
 @dataclass
@@ -80,12 +82,14 @@ def evaluate_front(
     batch_size: int = 128,
     reference_point: Sequence[float] | None = None,
     samples_per_point: int = 1,
+    answer: Answerer | None = None,
 ) -> Front:
     """One point per λ of `grid`: the mean scores of the answers to `prompts` at that λ.
 
     Greedy by default; with a sampling temperature, each prompt is answered
     `answers_per_prompt` times and the point estimates the expected scores of the policy at λ.
-    `samples_per_point` answers per λ are kept for reading.
+    `samples_per_point` answers per λ are kept for reading. `answer` generates the rows (default:
+    `model` in this process; a generation pool's `pool.answerer()` spreads them over actors).
     """
     per_point = len(prompts) * answers_per_prompt
     rows_lam = grid.repeat_interleave(per_point, dim=0)
@@ -100,6 +104,7 @@ def evaluate_front(
         answers_per_prompt,
         max_prompt_tokens,
         batch_size,
+        answer,
     )
     points = scores.reshape(len(grid), per_point, len(objectives)).mean(axis=1)
     samples = [
@@ -141,6 +146,7 @@ def evaluate_base_point(
             answers_per_prompt,
             max_prompt_tokens,
             batch_size,
+            None,
         )
     return scores.mean(axis=0)
 
@@ -156,18 +162,24 @@ def _answer_and_score(
     answers_per_prompt,
     max_prompt_tokens,
     batch_size,
+    answer,
 ) -> tuple[list[str], list[str], np.ndarray]:
     """(prompt of each row, answer, scores [rows, m]): every prompt answered
-    `answers_per_prompt` times in a row, at its row of `preferences` (already one per row)."""
+    `answers_per_prompt` times in a row, at its row of `preferences` (already one per row).
+    Row i samples with seed `sampling.seed + i`, wherever it is generated."""
     rows_prompts = [p for p in prompts for _ in range(answers_per_prompt)]
-    answers = generate(
-        model,
-        tokenizer,
-        rows_prompts,
-        preferences,
-        sampling,
-        batch_size=batch_size,
-        max_prompt_tokens=max_prompt_tokens,
-        progress=True,
-    )
+    params = [replace(sampling, seed=sampling.seed + i) for i in range(len(rows_prompts))]
+    if answer is None:
+        answers = generate(
+            model,
+            tokenizer,
+            rows_prompts,
+            preferences,
+            params,
+            batch_size=batch_size,
+            max_prompt_tokens=max_prompt_tokens,
+            progress=True,
+        )
+    else:
+        answers = answer(rows_prompts, preferences, params)
     return rows_prompts, answers, task.score_batch(rows_prompts, answers, objectives)

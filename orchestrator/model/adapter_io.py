@@ -33,7 +33,7 @@ ADAPTER_FORMAT = "svd-lora/1"
 def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     """Write the adapter tensors (safetensors) and its config (JSON); base weights are not saved."""
     config = svd_lora_config(model)
-    tensors = {name: p.detach().cpu().contiguous() for name, p in adapter_parameters(model).items()}
+    tensors = adapter_tensors(model)
     with atomic_directory(directory) as tmp:
         save_file(tensors, tmp / ADAPTER_WEIGHTS, metadata={"format": ADAPTER_FORMAT})
         payload = {"format": ADAPTER_FORMAT, **config.to_dict()}
@@ -63,33 +63,35 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     weights = Path(directory) / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise MoaError(f"no SVD-LoRA adapter at {directory}: {ADAPTER_WEIGHTS} is missing")
-    if not has_svd_lora(model):
-        inject_svd_lora(
-            model,
-            saved.num_objectives,
-            saved.rank,
-            saved.alpha,
-            saved.target_modules,
-            objective_names=saved.objective_names,
-            init_std=saved.init_std,
-        )
-    current = svd_lora_config(model)
-    for field in ("num_objectives", "rank", "alpha", "target_modules"):
-        if getattr(current, field) != getattr(saved, field):
-            raise MoaError(
-                f"adapter at {directory} has {field}={getattr(saved, field)!r} but the model's "
-                f"adapter has {field}={getattr(current, field)!r}"
-            )
     try:
         tensors = load_file(weights)
     except (SafetensorError, OSError) as err:
         raise MoaError(f"could not read the adapter tensors in {weights}: {err}") from None
+    return load_adapter_tensors(model, saved, tensors, source=f"adapter at {directory}")
+
+
+def load_adapter_tensors(
+    model: nn.Module,
+    config: SVDLoRAConfig,
+    tensors: dict[str, torch.Tensor],
+    source: str = "the adapter",
+) -> nn.Module:
+    """Copy adapter tensors (as save_adapter names them) into `model`, injecting SVD-LoRA with
+    `config` first if the model has none."""
+    if not has_svd_lora(model):
+        inject_from_config(model, config)
+    current = svd_lora_config(model)
+    for field in ("num_objectives", "rank", "alpha", "target_modules"):
+        if getattr(current, field) != getattr(config, field):
+            raise MoaError(
+                f"{source} has {field}={getattr(config, field)!r} but the model's "
+                f"adapter has {field}={getattr(current, field)!r}"
+            )
     params = adapter_parameters(model)
     if set(tensors) != set(params):
         missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
         raise MoaError(
-            f"adapter at {directory} does not fit this model: missing {missing[:3]}, "
-            f"unexpected {extra[:3]}"
+            f"{source} does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}"
         )
     with torch.no_grad():
         for name, param in params.items():
@@ -100,6 +102,24 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
                 )
             param.copy_(tensors[name])
     return model
+
+
+def inject_from_config(model: nn.Module, config: SVDLoRAConfig) -> nn.Module:
+    """Inject a fresh SVD-LoRA adapter shaped as `config` describes."""
+    return inject_svd_lora(
+        model,
+        config.num_objectives,
+        config.rank,
+        config.alpha,
+        config.target_modules,
+        objective_names=config.objective_names,
+        init_std=config.init_std,
+    )
+
+
+def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's tensors on the CPU, as save_adapter writes them."""
+    return {name: p.detach().cpu().contiguous() for name, p in adapter_parameters(model).items()}
 
 
 def merge_preference(

@@ -130,12 +130,26 @@ def generate(
     prompts: Sequence[str],
     preferences: PreferenceLike | None,
     params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
+    **options,
+) -> list[str]:
+    """Answers to `prompts` at their preferences, as text; see `generate_ids` for the arguments
+    (options: batch_size, max_prompt_tokens, progress)."""
+    ids = generate_ids(model, tokenizer, prompts, preferences, params, **options)
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+def generate_ids(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    preferences: PreferenceLike | None,
+    params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
     *,
     batch_size: int = 64,
     max_prompt_tokens: int = 256,
     progress: bool = False,
-) -> list[str]:
-    """Answers to `prompts` at their preferences.
+) -> list[list[int]]:
+    """The new token ids of the answer to each prompt (stop token excluded).
 
     `preferences`: one λ [m] for every prompt, one per prompt [N, m], or None for a model without
     adapter (or with it switched off). A single SamplingParams serves every prompt, row i with
@@ -158,7 +172,7 @@ def generate(
     stops = stop_token_ids(model, tokenizer)
     was_training = model.training
     model.eval()
-    answers: list[str] = []
+    answers: list[list[int]] = []
     try:
         starts = range(0, len(prompts), batch_size)
         for start in tqdm(starts, desc="generate", unit="batch", disable=not progress):
@@ -168,7 +182,7 @@ def generate(
             )
             steering = nullcontext() if lam is None else preference(model, lam[chunk])
             with steering:
-                tokens = generate_tokens(
+                answers += generate_tokens(
                     model,
                     input_ids,
                     attention_mask,
@@ -176,7 +190,6 @@ def generate(
                     stops,
                     tokenizer.pad_token_id,
                 )
-            answers += tokenizer.batch_decode(tokens, skip_special_tokens=True)
     finally:
         model.train(was_training)
     return answers

@@ -1,5 +1,6 @@
 import json
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -116,5 +117,6 @@ def test_sampled_front_answers_each_prompt_several_times(monkeypatch):
         answers_per_prompt=2,
     )
     assert seen["prompts"] == ["p1", "p1", "p2", "p2"] * 2
-    assert seen["params"] is sampling
+    # Row i samples with seed + i, as generate would give it, wherever the row is generated.
+    assert seen["params"] == [replace(sampling, seed=3 + i) for i in range(8)]
     assert np.allclose(front.points, [[0.015 + 0.05, 2.0], [1.015 + 0.05, 0.0]])
