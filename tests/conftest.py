@@ -92,6 +92,31 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
+def perturb_adapter(
+    model: torch.nn.Module, seed: int = 1, std: float = 0.3, scale: float | None = None
+) -> None:
+    """Give every adapter tensor random non-zero values: U, Vᵀ ~ N(0, std²), σ ~ N(0, 1), and
+    the λ scale s `scale` (default: uniform in [1, 2))."""
+    from orchestrator.model.svd_lora import svd_lora_layers
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in svd_lora_layers(model):
+            for param in (layer.lora_u, layer.lora_v):
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+            layer.lora_sigma.copy_(torch.randn(layer.lora_sigma.shape, generator=generator))
+            if scale is None:
+                layer.lora_scale.copy_(1.0 + torch.rand(1, generator=generator))
+            else:
+                layer.lora_scale.fill_(scale)
+
+
+@pytest.fixture(scope="session")
+def perturb():
+    """perturb(model, seed=1, std=0.3, scale=None): random non-zero values for the adapter."""
+    return perturb_adapter
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` run only where CUDA is available."""
     if torch.cuda.is_available():

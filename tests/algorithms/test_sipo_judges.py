@@ -9,20 +9,15 @@ from orchestrator.model.svd_lora import (
     adapter_disabled,
     inject_svd_lora,
     preference,
-    svd_lora_layers,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def model(tiny_base_dir):
+def model(tiny_base_dir, perturb):
     model = inject_svd_lora(load_model(str(tiny_base_dir)), 2, rank=4, alpha=32, seed=0)
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for _, layer in svd_lora_layers(model):
-            layer.lora_sigma.copy_(torch.randn(layer.lora_sigma.shape, generator=generator))
-            layer.lora_scale.fill_(2.0)
+    perturb(model, seed=3, std=0.05, scale=2.0)
     return model.eval()
 
 

@@ -4,7 +4,6 @@ import os
 import signal
 
 import pytest
-import torch
 
 from orchestrator.algorithms.panacea import PanaceaTrainer
 from orchestrator.config import GenerationSection, TrainSection
@@ -12,7 +11,7 @@ from orchestrator.distributed.generation import GenerationPool, GenerationReques
 from orchestrator.errors import MoaError
 from orchestrator.model.generate import SamplingParams, generate
 from orchestrator.model.loading import load_model
-from orchestrator.model.svd_lora import inject_svd_lora, svd_lora_config, svd_lora_layers
+from orchestrator.model.svd_lora import inject_svd_lora, svd_lora_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
@@ -26,16 +25,10 @@ LAMBDAS = [(1.0, 0.0), (0.7, 0.3), (0.5, 0.5), (0.0, 1.0)]
 
 
 @pytest.fixture(scope="module")
-def steerable(tiny_base_dir):
+def steerable(tiny_base_dir, perturb):
     """The tiny base with an adapter large enough that λ changes the answers."""
     model = inject_svd_lora(load_model(str(tiny_base_dir)), 2, rank=4, alpha=32, seed=0)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for _, layer in svd_lora_layers(model):
-            for param in (layer.lora_u, layer.lora_v):
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
-            layer.lora_sigma.copy_(torch.randn(layer.lora_sigma.shape, generator=generator))
-            layer.lora_scale.fill_(3.0)
+    perturb(model, seed=1, std=0.05, scale=3.0)
     return model
 
 

@@ -4,8 +4,6 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from orchestrator.model.svd_lora import svd_lora_layers
-
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -38,17 +36,6 @@ def build_llama(
     return LlamaForCausalLM(config).eval()
 
 
-def perturb_adapter(model: torch.nn.Module, seed: int = 1, std: float = 0.3) -> None:
-    """Give every adapter tensor (U, Vᵀ, σ, s) random non-zero values."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, layer in svd_lora_layers(model):
-            for param in (layer.lora_u, layer.lora_v):
-                param.copy_(torch.randn(param.shape, generator=generator) * std)
-            layer.lora_sigma.copy_(torch.randn(layer.lora_sigma.shape, generator=generator))
-            layer.lora_scale.copy_(1.0 + torch.rand(1, generator=generator))
-
-
 @pytest.fixture(scope="session")
 def make_llama():
     """A factory: make_llama(seed, **sizes) → a tiny random LlamaForCausalLM in eval mode.
@@ -56,9 +43,3 @@ def make_llama():
     The same seed and sizes give the same weights, so a call is a fresh copy of a base model.
     """
     return build_llama
-
-
-@pytest.fixture(scope="session")
-def perturb():
-    """perturb(model, seed=1, std=0.3): random non-zero values for all lora_* tensors."""
-    return perturb_adapter
