@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import ray
 import torch
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import RayActorError
 from tqdm import tqdm
 
 from orchestrator.config import GenerationSection
@@ -29,7 +29,7 @@ from orchestrator.model.adapter_io import (
 from orchestrator.model.generate import SamplingParams, generate_ids
 from orchestrator.model.svd_lora import SVDLoRAConfig, svd_lora_config
 
-ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
+ACTOR_FAILURES = RayActorError  # died, or unavailable while Ray restarts it
 RESTART_PAUSE_S = 1.0  # an actor that failed gets no chunks for this long
 
 
@@ -82,21 +82,17 @@ class GenerationWorker:
         version, tensors = adapter[0]
         if version != self.version:
             self.load(version, ray.get(tensors))
-        texts, lengths = [], []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = requests[start : start + self.batch_size]
-            ids = generate_ids(
-                self.model,
-                self.tokenizer,
-                [r.prompt for r in chunk],
-                torch.tensor([r.preference for r in chunk]),
-                [r.params for r in chunk],
-                batch_size=self.batch_size,
-                max_prompt_tokens=self.max_prompt_tokens,
-            )
-            lengths += [len(tokens) for tokens in ids]
-            texts += self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        return [Answer(t, n, self.version) for t, n in zip(texts, lengths, strict=True)]
+        ids = generate_ids(
+            self.model,
+            self.tokenizer,
+            [r.prompt for r in requests],
+            torch.tensor([r.preference for r in requests]),
+            [r.params for r in requests],
+            batch_size=self.batch_size,
+            max_prompt_tokens=self.max_prompt_tokens,
+        )
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return [Answer(t, len(i), self.version) for t, i in zip(texts, ids, strict=True)]
 
     def pid(self) -> int:
         return os.getpid()

@@ -18,7 +18,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator.algorithms.panacea import PanaceaTrainer
-from orchestrator.atomic import atomic_directory, atomic_write_text
+from orchestrator.atomic import atomic_directory
 from orchestrator.checkpoint import load_checkpoint, save_checkpoint
 from orchestrator.config import RunConfig
 from orchestrator.data.encoding import encode_pairs
@@ -173,10 +173,7 @@ class Evaluator:
             self.best = hypervolume
             with atomic_directory(self.best_dir) as tmp:
                 save_adapter(self.model, tmp / "adapter")
-                atomic_write_text(
-                    tmp / "best.json",
-                    json.dumps({"step": step, **metrics}, indent=2),
-                )
+                (tmp / "best.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
         return {
             "hypervolume": hypervolume,
             "inner_product": metrics["inner_product"],
