@@ -32,6 +32,9 @@ class AdapterSection(Section):
     alpha: Positive = 64.0  # the adapter's scale is alpha / rank
     target_modules: list[str] | None = None  # default: every linear layer but the LM head
     init_std: Positive = 0.02
+    # An SVD-LoRA adapter folder (a run's RUN_DIR/adapter) to start from instead of ΔW = 0; its
+    # rank, alpha and target modules must match the fields above.
+    init_from: str | None = None
 
 
 class DataSection(Section):
@@ -73,6 +76,10 @@ class TrainSection(Section):
     max_grad_norm: Positive | None = 1.0
     vertex_probability: Probability = 0.2  # chance that a step trains a single objective
     precompute_reference: bool = True  # reference log-probs once per dataset, not per step
+    # The DPO anchor: "base" is π_ref, the base model with the adapter off; "initial" is the
+    # adapter training started from (adapter.init_from), frozen, at the step's λ: SIPO's
+    # re-alignment anchored on the current policy. It depends on λ, so it is computed per step.
+    reference: Literal["base", "initial"] = "base"
     seed: int = 0
     log_every: Count = 10
 
@@ -171,6 +178,15 @@ class RunConfig(Section):
             raise ValueError(
                 "eval.every needs whole weights on one worker; with deepspeed zero_stage 3 set "
                 "eval.every: 0 and evaluate the finished run with `moa eval`"
+            )
+        if (
+            self.train.reference == "initial"
+            and self.scaling.deepspeed.zero_stage == 3
+            and (self.scaling.strategy == "deepspeed")
+        ):
+            raise ValueError(
+                "train.reference: initial keeps a frozen copy of the whole adapter on each "
+                "worker, which deepspeed zero_stage 3 partitions; use zero_stage 2 or ddp"
             )
         ref = self.eval.reference_point
         if ref is not None and len(ref) != len(self.data.objectives):

@@ -28,7 +28,7 @@ from orchestrator.evaluation.front import Front, evaluate_base_point, evaluate_f
 from orchestrator.evaluation.grid import simplex_grid
 from orchestrator.evaluation.report import write_front
 from orchestrator.metrics_log import read_metrics
-from orchestrator.model.adapter_io import load_adapter
+from orchestrator.model.adapter_io import load_adapter, read_adapter_config
 from orchestrator.model.generate import SamplingParams
 from orchestrator.model.loading import load_model, load_tokenizer, resolve_model_path
 from orchestrator.model.svd_lora import inject_svd_lora
@@ -74,6 +74,8 @@ def build_model(cfg: RunConfig, device: str | None = None):
         init_std=cfg.adapter.init_std,
         seed=cfg.train.seed,
     )
+    if cfg.adapter.init_from is not None:
+        load_adapter(model, cfg.adapter.init_from)
     return tokenizer, model
 
 
@@ -141,7 +143,28 @@ def check_training_inputs(cfg: RunConfig):
         load_tokenizer(cfg.model.name_or_path)
     except MoaError as err:
         raise MoaError(f"model.name_or_path: {err}") from None
+    if cfg.adapter.init_from is not None:
+        check_initial_adapter(cfg)
     return pairs
+
+
+def check_initial_adapter(cfg: RunConfig) -> None:
+    """adapter.init_from must be an adapter of this run's shape."""
+    try:
+        saved = read_adapter_config(cfg.adapter.init_from)
+    except MoaError as err:
+        raise MoaError(f"adapter.init_from: {err}") from None
+    expected = {
+        "num_objectives": len(cfg.data.objectives),
+        "rank": cfg.adapter.rank,
+        "alpha": cfg.adapter.alpha,
+    }
+    for field, value in expected.items():
+        if getattr(saved, field) != value:
+            raise MoaError(
+                f"adapter.init_from: the adapter at {cfg.adapter.init_from} has "
+                f"{field}={getattr(saved, field)!r}; this run needs {value!r}"
+            )
 
 
 def _finish(cfg: RunConfig, run_dir: Path, train_seconds: float) -> RunResult:

@@ -93,6 +93,17 @@ def refused(capsys, args: list[str]) -> str:
             ],
             ["eval.every", "zero_stage 3"],
         ),
+        (
+            [
+                "scaling.strategy=deepspeed",
+                "scaling.deepspeed.zero_stage=3",
+                "eval.every=0",
+                "train.reference=initial",
+            ],
+            ["train.reference: initial", "zero_stage 3"],
+        ),
+        (["train.reference=policy"], ["train.reference", "'policy'"]),
+        (["adapter.init_from=/no/such/adapter"], ["adapter.init_from", "adapter_config.json"]),
     ],
 )
 def test_bad_config_is_refused_before_any_worker(capsys, config_file, run_dir, overrides, names):
@@ -156,3 +167,19 @@ def test_missing_model_directory(capsys, config_file, run_dir, tmp_path):
     err = refused(capsys, [str(config_file), f"model.name_or_path={tmp_path / 'no-model'}"])
     assert "model.name_or_path" in err and "no-model" in err
     assert not run_dir.exists()
+
+
+def test_initial_adapter_of_another_shape(capsys, config_file, run_dir, tmp_path, tiny_base_dir):
+    from orchestrator.model.adapter_io import save_adapter
+    from orchestrator.model.loading import load_model
+    from orchestrator.model.svd_lora import inject_svd_lora
+
+    model = inject_svd_lora(load_model(str(tiny_base_dir)), 2, rank=4)
+    save_adapter(model, tmp_path / "rank4")
+    err = refused(capsys, [str(config_file), f"adapter.init_from={tmp_path / 'rank4'}"])
+    assert "adapter.init_from" in err and "rank=4" in err and "needs 8" in err
+    assert not run_dir.exists()
+
+    with pytest.raises(AssertionError, match="a worker was started"):
+        args = [f"adapter.init_from={tmp_path / 'rank4'}", "adapter.rank=4"]
+        main(["train", str(config_file), *args])

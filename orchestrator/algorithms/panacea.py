@@ -18,7 +18,7 @@ from orchestrator.data.batching import step_indices, steps_per_epoch
 from orchestrator.data.encoding import EncodedPair, collate_pairs
 from orchestrator.engine import LocalEngine
 from orchestrator.errors import MoaError
-from orchestrator.model.svd_lora import adapter_disabled, preference
+from orchestrator.model.svd_lora import adapter_disabled, anchored, freeze_anchor, preference
 from orchestrator.objectives import (
     PreferenceSampler,
     aggregate,
@@ -39,8 +39,12 @@ def policy_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
 
 
 @torch.no_grad()
-def reference_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """[B, 2] log-probs of responses a and b under π_ref: the base model, adapter switched off.
+def reference_logprobs(
+    model: nn.Module, batch: dict[str, torch.Tensor], anchor_preference: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[B, 2] log-probs of responses a and b under the DPO anchor: π_ref, the base model with the
+    adapter switched off; or, given `anchor_preference` λ, the frozen anchor adapter
+    (freeze_anchor) at λ.
 
     Always in eval mode (no dropout), so the reference is the same whether computed per step or
     precomputed once.
@@ -48,11 +52,20 @@ def reference_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> torc
     was_training = model.training
     model.eval()
     try:
-        with adapter_disabled(model):
-            ref_a, ref_b, _, _ = policy_logprobs(model, batch)
+        if anchor_preference is None:
+            with adapter_disabled(model):
+                ref_a, ref_b, _, _ = policy_logprobs(model, batch)
+        else:
+            with anchored(model), preference(model, anchor_preference):
+                ref_a, ref_b, _, _ = policy_logprobs(model, batch)
     finally:
         model.train(was_training)
     return torch.stack([ref_a, ref_b], dim=-1)
+
+
+def anchor_preference(cfg: TrainSection, pref: torch.Tensor) -> torch.Tensor | None:
+    """The λ the DPO anchor runs at: none for the base model, the step's for the initial adapter."""
+    return pref if cfg.reference == "initial" else None
 
 
 def objective_losses(
@@ -74,7 +87,7 @@ def objective_losses(
         return per_objective_sft_losses(logp_a, logp_b, len_a, len_b, signs, normalizer)
     reference = batch.get("reference_logps")
     if reference is None:
-        reference = reference_logprobs(model, batch)
+        reference = reference_logprobs(model, batch, anchor_preference(cfg, pref))
     return per_objective_dpo_losses(
         logp_a,
         logp_b,
@@ -143,6 +156,8 @@ class PanaceaTrainer:
         self.device = self.engine.parameters[0].device
         self.sampler = PreferenceSampler(self.num_objectives, cfg.vertex_probability, cfg.seed)
         self.reference: torch.Tensor | None = None
+        if cfg.reference == "initial":
+            freeze_anchor(model)  # before a checkpoint moves the adapter on
         self.step = 0
         steps_per_epoch(len(pairs), self.global_batch)  # fails now if one batch does not fit
 
@@ -180,12 +195,13 @@ class PanaceaTrainer:
             batch["reference_logps"] = self.reference[indices]
         return {name: tensor.to(self.device) for name, tensor in batch.items()}
 
-    def _training_batch(self, indices) -> dict[str, torch.Tensor]:
+    def _training_batch(self, indices, pref: torch.Tensor) -> dict[str, torch.Tensor]:
         """A micro-batch that carries its reference log-probs, so that no pass of the step
         computes them again."""
         batch = self._collate(indices)
         if self.cfg.loss == "dpo" and "reference_logps" not in batch:
-            batch["reference_logps"] = reference_logprobs(self.model, batch)
+            anchor = anchor_preference(self.cfg, pref)
+            batch["reference_logps"] = reference_logprobs(self.model, batch, anchor)
         return batch
 
     def train_step(self) -> StepResult:
@@ -201,7 +217,7 @@ class PanaceaTrainer:
         share = cfg.batch_size * cfg.grad_accum_steps
         mine = indices[engine.rank * share : (engine.rank + 1) * share]
         batches = [
-            self._training_batch(mine[i : i + cfg.batch_size])
+            self._training_batch(mine[i : i + cfg.batch_size], pref)
             for i in range(0, share, cfg.batch_size)
         ]
         data_done = time.perf_counter()
@@ -268,6 +284,13 @@ class PanaceaTrainer:
         return history
 
     def prepare(self, progress: bool = False) -> None:
-        """Work done once before the first step: the reference log-probs, when precomputed."""
-        if self.cfg.loss == "dpo" and self.cfg.precompute_reference and self.reference is None:
+        """Work done once before the first step: the reference log-probs, when precomputed (the
+        base model's only: the initial adapter's depend on each step's λ)."""
+        cfg = self.cfg
+        if (
+            cfg.loss == "dpo"
+            and cfg.precompute_reference
+            and cfg.reference == "base"
+            and self.reference is None
+        ):
             self.precompute_reference(progress)

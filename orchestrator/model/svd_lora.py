@@ -81,6 +81,16 @@ class SVDLoRALinear(nn.Module):
         self.lora_scale = nn.Parameter(torch.zeros(1, **kwargs))
         self.register_buffer("preference", None, persistent=False)
         self.adapter_enabled = True
+        # A frozen copy of (U, Vᵀ, σ, s), kept out of parameters and state dicts: the anchor a
+        # run that starts from a trained adapter can be regularised toward (see freeze_anchor).
+        self.anchor: tuple[torch.Tensor, ...] | None = None
+        self.use_anchor = False
+
+    def adapter_weights(self) -> tuple[torch.Tensor, ...]:
+        """(U, Vᵀ, σ, s) in use: the trainable ones, or the frozen anchor's in `anchored`."""
+        if self.use_anchor:
+            return self.anchor
+        return self.lora_u, self.lora_v, self.lora_sigma, self.lora_scale
 
     def singular_values(self) -> torch.Tensor:
         """(α/k) · [σ, s·λ]: shape [k+m], or [B, k+m] when λ is given per row."""
@@ -90,8 +100,9 @@ class SVDLoRALinear(nn.Module):
                 "this SVD-LoRA model has no preference set: call set_preference(model, pref) "
                 "or use `with preference(model, pref):` before running it"
             )
-        sigma = self.lora_sigma.expand(*lam.shape[:-1], self.rank)
-        return torch.cat([sigma, self.lora_scale * lam], dim=-1) * self.scaling
+        _, _, sigma, scale = self.adapter_weights()
+        sigma = sigma.expand(*lam.shape[:-1], self.rank)
+        return torch.cat([sigma, scale * lam], dim=-1) * self.scaling
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW(λ) = (α/k) · U · diag · Vᵀ for the one λ currently set."""
@@ -100,7 +111,8 @@ class SVDLoRALinear(nn.Module):
             raise MoaError(
                 "delta_weight needs a single preference vector of shape [m], not per row"
             )
-        return (self.lora_u * diag) @ self.lora_v
+        u, v, _, _ = self.adapter_weights()
+        return (u * diag) @ v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -114,8 +126,9 @@ class SVDLoRALinear(nn.Module):
                     f"{x.shape[0] if x.dim() > 1 else 1}; set one λ per batch row"
                 )
             diag = diag.view(diag.shape[0], *([1] * (x.dim() - 2)), diag.shape[-1])
-        x = x.to(self.lora_v.dtype)
-        return out + F.linear(F.linear(x, self.lora_v) * diag, self.lora_u).to(out.dtype)
+        u, v, _, _ = self.adapter_weights()
+        x = x.to(v.dtype)
+        return out + F.linear(F.linear(x, v) * diag, u).to(out.dtype)
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, num_objectives={self.num_objectives}, scaling={self.scaling:g}"
@@ -258,6 +271,32 @@ def adapter_disabled(model: nn.Module):
     finally:
         for layer, state in zip(layers, states, strict=True):
             layer.adapter_enabled = state
+
+
+def freeze_anchor(model: nn.Module) -> None:
+    """Keep a frozen copy of the adapter as it is now: `anchored(model)` runs the model with it
+    while training moves the trainable tensors (SIPO's re-alignment anchors on the policy it
+    starts from). The copy is not a parameter, so optimizers, state dicts and saves skip it."""
+    for _, layer in svd_lora_layers(model):
+        layer.anchor = tuple(
+            t.detach().clone()
+            for t in (layer.lora_u, layer.lora_v, layer.lora_sigma, layer.lora_scale)
+        )
+
+
+@contextmanager
+def anchored(model: nn.Module):
+    """Run a block with the adapter frozen by freeze_anchor instead of the trainable one."""
+    layers = [layer for _, layer in svd_lora_layers(model)]
+    if any(layer.anchor is None for layer in layers):
+        raise MoaError("this model has no anchor adapter: call freeze_anchor(model) first")
+    for layer in layers:
+        layer.use_anchor = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.use_anchor = False
 
 
 def _write_preference(model: nn.Module, lam: torch.Tensor) -> None:

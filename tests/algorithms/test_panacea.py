@@ -215,3 +215,41 @@ def test_step_results_report_lambda_and_throughput(tiny_base_dir, tokenizer, enc
         assert sum(result.preference) == pytest.approx(1.0)
         assert result.tokens > 0 and result.as_dict()["tokens_per_s"] > 0
         assert len(result.objective_losses) == 2
+
+
+def test_initial_adapter_anchor_is_the_starting_policy_frozen(
+    tiny_base_dir, tokenizer, encoded, perturb, tmp_path
+):
+    """train.reference: initial anchors DPO on the adapter training started from, at the step's
+    λ: a separate model loaded with that adapter gives the same log-probs, the first step's DPO
+    losses are exactly log 2 (policy = anchor), and training moves the policy, not the anchor."""
+    from orchestrator.model.adapter_io import load_adapter, save_adapter
+
+    start = steerable(tiny_base_dir)
+    perturb(start, std=0.05)
+    save_adapter(start, tmp_path / "start")
+    copy = load_adapter(load_model(str(tiny_base_dir)), tmp_path / "start")
+
+    cfg = train_config(reference="initial", nll_weight=0.0, max_steps=3)
+    model = steerable(tiny_base_dir)
+    load_adapter(model, tmp_path / "start")
+    trainer = PanaceaTrainer(model, encoded, tokenizer.pad_token_id, cfg)
+    batch = collate_pairs(encoded[:6], tokenizer.pad_token_id)
+    pref = torch.tensor([0.3, 0.7])
+
+    def copy_logprobs():
+        with torch.no_grad(), preference(copy, pref):
+            logp_a, logp_b, _, _ = policy_logprobs(copy, batch)
+        return torch.stack([logp_a, logp_b], dim=-1)
+
+    anchor = reference_logprobs(model, batch, pref)
+    assert torch.allclose(anchor, copy_logprobs(), atol=1e-5)
+    assert not torch.allclose(anchor, reference_logprobs(model, batch), atol=1e-3)  # ≠ base
+
+    first = trainer.train_step()
+    assert first.objective_losses == pytest.approx([0.693147] * 2, abs=1e-5)
+    trainer.train(progress=False)
+    assert torch.allclose(reference_logprobs(model, batch, pref), anchor, atol=1e-5)
+    trained, started = adapter_parameters(model), adapter_parameters(copy)
+    moved = sum((trained[name] - started[name]).abs().sum() for name in trained)
+    assert moved > 1e-3
