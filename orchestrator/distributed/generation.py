@@ -6,7 +6,8 @@ request gives the same text whatever chunk or actor it lands on. Only adapter te
 (`publish`, a few MB through the object store, versioned); the base model is loaded once per
 actor. Chunks go to the actor with the fewest outstanding requests and are collected as they
 finish (ray.wait). An actor that dies is restarted by Ray and its chunks are sent again, so every
-request of a job is answered exactly once.
+request of a job is answered exactly once. The actors also score (prompt, response) rows with the
+adapter's implicit rewards (SIPO's judges), through the same dispatch.
 """
 
 import os
@@ -14,11 +15,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import ray
 import torch
 from ray.exceptions import RayActorError
 from tqdm import tqdm
 
+from orchestrator.algorithms.sipo_judges import implicit_rewards
 from orchestrator.config import GenerationSection
 from orchestrator.errors import MoaError
 from orchestrator.model.adapter_io import (
@@ -76,12 +79,16 @@ class GenerationWorker:
         self.version = version
         return version
 
-    def generate(self, requests: list[GenerationRequest], adapter: list) -> list[Answer]:
-        """Answers to `requests` with adapter `adapter[0]` = (version, ObjectRef of tensors),
-        loaded first when this actor holds another version (it may have been restarted)."""
+    def _use(self, adapter: list) -> None:
+        """Hold adapter `adapter[0]` = (version, ObjectRef of its tensors), loading it when this
+        actor holds another version (it may have been restarted)."""
         version, tensors = adapter[0]
         if version != self.version:
             self.load(version, ray.get(tensors))
+
+    def generate(self, requests: list[GenerationRequest], adapter: list) -> list[Answer]:
+        """Answers to `requests` with the adapter `adapter` names (see _use)."""
+        self._use(adapter)
         ids = generate_ids(
             self.model,
             self.tokenizer,
@@ -93,6 +100,23 @@ class GenerationWorker:
         )
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return [Answer(t, len(i), self.version) for t, i in zip(texts, ids, strict=True)]
+
+    def implicit_rewards(self, rows: list[tuple], adapter: list) -> list[list[float]]:
+        """[m] implicit rewards of each (prompt, response, β, max prompt tokens, max response
+        tokens) row, with the adapter `adapter` names (see _use)."""
+        self._use(adapter)
+        prompts, responses, betas, max_prompt, max_response = zip(*rows, strict=True)
+        rewards = implicit_rewards(
+            self.model,
+            self.tokenizer,
+            prompts,
+            responses,
+            beta=betas[0],
+            max_prompt_tokens=max_prompt[0],
+            max_response_tokens=max_response[0],
+            batch_size=self.batch_size,
+        )
+        return rewards.tolist()
 
     def pid(self) -> int:
         return os.getpid()
@@ -155,6 +179,56 @@ class GenerationPool:
         """One answer per request, in order, each generated exactly once by an actor holding
         adapter version ≥ `min_version` (default: the latest published). `on_progress(answered,
         total)` is called after every chunk that comes back."""
+        for i, request in enumerate(requests):
+            if len(request.preference) != self.num_objectives:
+                raise MoaError(
+                    f"request {i}: preference has {len(request.preference)} weights; "
+                    f"the adapter has {self.num_objectives} objectives"
+                )
+        return self._map(
+            "generate",
+            list(requests),
+            min_version=min_version,
+            desc="generation pool",
+            progress=progress,
+            on_progress=on_progress,
+            tokens=lambda answer: answer.tokens,
+        )
+
+    def implicit_rewards(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        *,
+        beta: float,
+        max_prompt_tokens: int = 256,
+        max_response_tokens: int = 512,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """[N, m] implicit rewards β(log π_{e_i} − log π_ref) of each (prompt, response) under
+        the latest adapter (sipo_judges.implicit_rewards), computed on the actors."""
+        rows = [
+            (prompt, response, beta, max_prompt_tokens, max_response_tokens)
+            for prompt, response in zip(prompts, responses, strict=True)
+        ]
+        if not rows:
+            return np.zeros((0, self.num_objectives))
+        rewards = self._map("implicit_rewards", rows, desc="implicit rewards", progress=progress)
+        return np.array(rewards, dtype=np.float64)
+
+    def _map(
+        self,
+        method: str,
+        items: list,
+        *,
+        min_version: int | None = None,
+        desc: str,
+        progress: bool,
+        on_progress: Callable[[int, int], None] | None = None,
+        tokens: Callable[[object], int] | None = None,
+    ) -> list:
+        """Call actor `method` on chunks of `items` with the pool's adapter; one result per item,
+        in order, each computed exactly once (a dead actor's chunks are sent again)."""
         if self._adapter is None:
             raise MoaError("no adapter published to the generation pool yet: call publish()")
         if min_version is not None and self.version < min_version:
@@ -162,22 +236,17 @@ class GenerationPool:
                 f"the pool holds adapter version {self.version}, older than min_version "
                 f"{min_version}"
             )
-        for i, request in enumerate(requests):
-            if len(request.preference) != self.num_objectives:
-                raise MoaError(
-                    f"request {i}: preference has {len(request.preference)} weights; "
-                    f"the adapter has {self.num_objectives} objectives"
-                )
         chunks = [
-            list(range(start, min(start + self.chunk_size, len(requests))))
-            for start in range(0, len(requests), self.chunk_size)
+            list(range(start, min(start + self.chunk_size, len(items))))
+            for start in range(0, len(items), self.chunk_size)
         ]
-        answers: list[Answer | None] = [None] * len(requests)
+        results: list = [None] * len(items)
+        done = [False] * len(items)
         outstanding = dict.fromkeys(range(len(self.actors)), 0)
         resting_until = dict.fromkeys(range(len(self.actors)), 0.0)  # after a failure
-        in_flight: dict = {}  # ObjectRef → (actor index, request indices)
-        bar = tqdm(total=len(requests), desc="generation pool", unit="req", disable=not progress)
-        start, tokens = time.perf_counter(), 0
+        in_flight: dict = {}  # ObjectRef → (actor index, item indices)
+        bar = tqdm(total=len(items), desc=desc, unit="req", disable=not progress)
+        start, token_count = time.perf_counter(), 0
         pending = list(reversed(chunks))
         while pending or in_flight:
             now = time.monotonic()
@@ -187,9 +256,8 @@ class GenerationPool:
                 if outstanding[actor] >= 2 * self.chunk_size:
                     break
                 indices = pending.pop()
-                ref = self.actors[actor].generate.remote(
-                    [requests[i] for i in indices], [self._adapter]
-                )
+                call = getattr(self.actors[actor], method)
+                ref = call.remote([items[i] for i in indices], [self._adapter])
                 in_flight[ref] = (actor, indices)
                 outstanding[actor] += len(indices)
             if not in_flight:  # every actor is restarting
@@ -199,23 +267,24 @@ class GenerationPool:
             actor, indices = in_flight.pop(ref)
             outstanding[actor] -= len(indices)
             try:
-                results = ray.get(ref)
+                chunk_results = ray.get(ref)
             except ACTOR_FAILURES:
                 # Ray restarts the actor; its chunks go out again, elsewhere while it is away.
                 pending.append(indices)
                 resting_until[actor] = time.monotonic() + RESTART_PAUSE_S
                 continue
-            for i, answer in zip(indices, results, strict=True):
-                if answers[i] is not None:
-                    raise RuntimeError(f"request {i} was answered twice")
-                answers[i] = answer
-            tokens += sum(answer.tokens for answer in results)
+            for i, result in zip(indices, chunk_results, strict=True):
+                if done[i]:
+                    raise RuntimeError(f"item {i} was answered twice")
+                results[i], done[i] = result, True
             bar.update(len(indices))
-            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+            if tokens is not None:
+                token_count += sum(tokens(result) for result in chunk_results)
+                bar.set_postfix(tok_s=f"{token_count / (time.perf_counter() - start):.0f}")
             if on_progress is not None:
-                on_progress(bar.n, len(requests))
+                on_progress(bar.n, len(items))
         bar.close()
-        return answers
+        return results
 
     def answerer(self, progress: bool = True):
         """`answer(prompts, preferences, params)` for front evaluation (evaluate_front)."""

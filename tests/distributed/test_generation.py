@@ -107,3 +107,16 @@ def test_a_request_with_the_wrong_number_of_weights_is_refused(pool):
         pool.generate(
             [GenerationRequest("hi", (1.0, 0.0)), GenerationRequest("hi", (0.2, 0.3, 0.5))]
         )
+
+
+def test_implicit_rewards_on_the_actors_equal_the_offline_ones(pool, steerable, tokenizer):
+    from orchestrator.algorithms.sipo_judges import implicit_rewards
+
+    pool.publish(steerable)
+    prompts = [p for p in PROMPTS for _ in range(5)]  # 20 rows: three chunks of up to 8
+    responses = [f"Step {i}: wash it, then dry it well." for i in range(len(prompts))]
+    rewards = pool.implicit_rewards(prompts, responses, beta=0.2)
+    expected = implicit_rewards(steerable, tokenizer, prompts, responses, beta=0.2)
+    assert rewards.shape == (20, 2)
+    assert abs(rewards - expected).max() < 1e-5
+    assert abs(rewards).min() > 0  # the adapter moved every response's likelihood
