@@ -38,6 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
+    sipo = commands.add_parser(
+        "sipo",
+        help="SIPO self-improvement rounds on a Panacea model (trained first unless "
+        "sipo.init_from names a finished run)",
+    )
+    sipo.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
+    sipo.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped SIPO run")
+    sipo.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    sipo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
     evaluate = commands.add_parser("eval", help="evaluate a run's front on its λ grid again")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--output-dir", help="default: RUN_DIR/eval")
@@ -59,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(args.output_dir, quick=args.quick, overrides=args.overrides)
         elif args.command == "train":
             _train(args.config, args.resume, args.overwrite, args.overrides)
+        elif args.command == "sipo":
+            _sipo(args.config, args.resume, args.overwrite, args.overrides)
         elif args.command == "eval":
             _evaluate(args.run_dir, args.output_dir, args.overrides)
     except MoaError as err:
@@ -67,18 +79,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _train(config: str | None, resume: str | None, overwrite: bool, overrides: list[str]):
+def _run_config(config: str | None, resume: str | None, overrides: list[str]):
+    """The config of a new run (None with --resume, which takes the run's own config.yaml)."""
     from orchestrator.config import load_config
-    from orchestrator.workflow import resume_panacea, run_panacea
 
     if config is not None and "=" in config and not os.path.exists(config):
         config, overrides = None, [config, *overrides]  # only overrides of the defaults
     if resume is not None:
         if config is not None or overrides:
             raise MoaError("--resume takes the run's own config.yaml; give no config or overrides")
-        result = resume_panacea(resume)
-    else:
-        result = run_panacea(load_config(config, overrides), overwrite=overwrite)
+        return None
+    return load_config(config, overrides)
+
+
+def _train(config: str | None, resume: str | None, overwrite: bool, overrides: list[str]):
+    from orchestrator.workflow import resume_panacea, run_panacea
+
+    cfg = _run_config(config, resume, overrides)
+    result = resume_panacea(resume) if cfg is None else run_panacea(cfg, overwrite=overwrite)
     last = result.history[-1] if result.history else {}
     print(
         f"trained {last.get('step', 0)} steps in {result.train_seconds:.0f} s; "
@@ -92,6 +110,26 @@ def _train(config: str | None, resume: str | None, overwrite: bool, overrides: l
             f"inner product {metrics['inner_product']:.4f}; "
             f"{result.run_dir / 'eval' / 'front.png'}"
         )
+
+
+def _sipo(config: str | None, resume: str | None, overwrite: bool, overrides: list[str]):
+    from orchestrator.sipo_workflow import resume_sipo, run_sipo
+
+    cfg = _run_config(config, resume, overrides)
+    result = resume_sipo(resume) if cfg is None else run_sipo(cfg, overwrite=overwrite)
+    for stats in result.rounds:
+        line = (
+            f"round {stats['round']}: {stats['survivors']}/{stats['pairs_tried']} conflicting "
+            f"pairs improved ({stats['acceptance_rate']:.1%}), {stats['new_pairs']} new pairs, "
+            f"{stats['realign_steps']} re-alignment steps"
+        )
+        if "hypervolume_after" in stats:
+            line += (
+                f"; hypervolume {stats['hypervolume_before']:.4f} → "
+                f"{stats['hypervolume_after']:.4f}"
+            )
+        print(line)
+    print(f"run folder {result.run_dir} (report.md, fronts.png, adapter/)")
 
 
 def _evaluate(run_dir: str, output_dir: str | None, overrides: list[str]) -> None:

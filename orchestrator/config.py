@@ -150,6 +150,49 @@ class EvalSection(Section):
     coarse_num_prompts: Count = 16
 
 
+class SIPOSection(Section):
+    """SIPO self-improvement rounds (`moa sipo`) on a Panacea model (ALGORITHMS.md §3)."""
+
+    # A finished Panacea run folder whose adapter starts round 1; default: train Panacea first,
+    # with this config, in RUN_DIR/panacea.
+    init_from: str | None = None
+    rounds: Count = 1
+    max_pairs: Count | None = None  # conflicting pairs improved per round (a seeded sample)
+    # Candidates at the simplex lattice of this many divisions, vertices excluded: 0.2 … 0.8
+    # for two objectives.
+    candidate_divisions: Annotated[int, Field(ge=2)] = 5
+    candidates_per_preference: Count = 1  # more than 1 needs temperature > 0
+    temperature: Annotated[float, Field(ge=0.0)] = 0.0  # 0: greedy
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    max_new_tokens: Count = 96
+    seed: int = 0
+    # The model reviews each candidate and rewrites it; the rewrite replaces the candidate when
+    # it is better on at least one judge.
+    review: bool = False
+    # implicit: β(log π_{λ=e_i} − log π_ref) of the current model; ground_truth: the built-in
+    # task's scorers; reward_models: one Hugging Face sequence-classification model per objective.
+    judge: Literal["implicit", "ground_truth", "reward_models"] = "implicit"
+    judge_beta: Positive = 0.1
+    reward_models: dict[str, str] = {}  # objective → reward model path or hub id
+    # Re-alignment on the new pairs: DPO + NLL (normalised by response tokens), anchored on the
+    # round's starting policy; the other training fields come from `train`.
+    beta: Positive = 0.1
+    nll_weight: Annotated[float, Field(ge=0.0)] = 0.1
+    learning_rate: Positive = 5e-4
+    epochs: Positive = 2.0  # passes over the round's new pairs
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "SIPOSection":
+        if self.candidates_per_preference > 1 and self.temperature == 0:
+            raise ValueError(
+                "candidates_per_preference > 1 needs temperature > 0 (greedy answers repeat)"
+            )
+        if self.judge == "reward_models" and not self.reward_models:
+            raise ValueError("judge 'reward_models' needs reward_models: {objective: path}")
+        return self
+
+
 class RunConfig(Section):
     model: ModelSection = ModelSection()
     adapter: AdapterSection = AdapterSection()
@@ -160,6 +203,7 @@ class RunConfig(Section):
     generation: GenerationSection = GenerationSection()
     checkpoint: CheckpointSection = CheckpointSection()
     logging: LoggingSection = LoggingSection()
+    sipo: SIPOSection = SIPOSection()
     output_dir: str = "runs/panacea"
 
     @model_validator(mode="after")
@@ -187,6 +231,17 @@ class RunConfig(Section):
             raise ValueError(
                 "train.reference: initial keeps a frozen copy of the whole adapter on each "
                 "worker, which deepspeed zero_stage 3 partitions; use zero_stage 2 or ddp"
+            )
+        sipo = self.sipo
+        if sipo.judge == "reward_models" and set(sipo.reward_models) != set(self.data.objectives):
+            raise ValueError(
+                f"sipo.reward_models names {sorted(sipo.reward_models)}; it needs one model for "
+                f"each objective {self.data.objectives}"
+            )
+        if sipo.judge == "ground_truth" and self.data.source != "assistant":
+            raise ValueError(
+                "sipo.judge: ground_truth needs the built-in task's scorers (data.source: "
+                "assistant); use implicit or reward_models"
             )
         ref = self.eval.reference_point
         if ref is not None and len(ref) != len(self.data.objectives):

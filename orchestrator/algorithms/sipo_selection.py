@@ -22,7 +22,7 @@ def conflicting_pairs(dataset: PairDataset) -> list[PreferencePair]:
 def candidate_preferences(num_objectives: int, divisions: int = 5) -> torch.Tensor:
     """The λ at which candidates are generated: the simplex lattice of `divisions` without its
     vertices. For two objectives and 5 divisions: (0.2, 0.8), (0.4, 0.6), (0.6, 0.4), (0.8, 0.2)."""
-    grid = simplex_grid(num_objectives, divisions)
+    grid = simplex_grid(num_objectives, divisions, dtype=torch.float64)
     return grid[grid.max(dim=1).values < 1]
 
 

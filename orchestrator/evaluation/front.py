@@ -60,6 +60,20 @@ class Front:
             "samples": self.samples,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Front":
+        """The front `to_dict` wrote (front.json)."""
+        objectives = tuple(data["objectives"])
+        base = data.get("base_point")
+        return cls(
+            objectives,
+            np.array([p["preference"] for p in data["points"]], dtype=np.float64),
+            np.array([[p["scores"][n] for n in objectives] for p in data["points"]]),
+            list(data["reference_point"]),
+            list(data.get("samples", [])),
+            None if base is None else np.array([base[n] for n in objectives]),
+        )
+
 
 def steerability(weights: np.ndarray, scores: np.ndarray) -> float:
     """Spearman rank correlation of an objective's weight λ_i with its score (1: steerable)."""

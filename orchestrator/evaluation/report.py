@@ -72,6 +72,35 @@ def plot_front(path: Path, front: Front, title: str = "Pareto front") -> None:
     os.replace(tmp, path)
 
 
+def plot_fronts(path: Path, fronts: dict[str, Front], title: str) -> None:
+    """Several fronts of the same objectives in one picture (every pairwise projection), each in
+    its own colour with its non-dominated points joined."""
+    objectives = next(iter(fronts.values())).objectives
+    pairs = list(itertools.combinations(range(len(objectives)), 2))
+    fig = Figure(figsize=(5.2 * len(pairs), 4.6))
+    axes = fig.subplots(1, len(pairs), squeeze=False)
+    for ax, (i, j) in zip(axes[0], pairs, strict=True):
+        for colour, (label, front) in enumerate(fronts.items()):
+            keep = non_dominated(front.points)
+            best = front.points[keep][np.argsort(front.points[keep, i])]
+            ax.plot(best[:, i], best[:, j], color=f"C{colour}", alpha=0.6)
+            points = front.points
+            ax.scatter(points[:, i], points[:, j], color=f"C{colour}", s=18, label=label)
+        ax.set_xlabel(objectives[i])
+        ax.set_ylabel(objectives[j])
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def read_front(path: str | os.PathLike) -> Front:
+    return Front.from_dict(json.loads(Path(path).read_text()))
+
+
 def _point_labels(front: Front) -> list[tuple[np.ndarray, str]]:
     """One label per distinct point, the weight of the first objective; neighbouring λ that land
     on the same point share a label ("0.0–0.3")."""
