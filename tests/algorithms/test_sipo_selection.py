@@ -47,11 +47,11 @@ def test_mismatched_shapes_are_refused():
 def test_candidate_preferences_are_the_lattice_without_vertices():
     assert torch.allclose(
         candidate_preferences(2),
-        torch.tensor([[0.2, 0.8], [0.4, 0.6], [0.6, 0.4], [0.8, 0.2]]),
+        torch.tensor([[0.2, 0.8], [0.4, 0.6], [0.6, 0.4], [0.8, 0.2]], dtype=torch.float64),
     )
     three = candidate_preferences(3)
     assert three.shape == (18, 3)  # 21 lattice points of 5 divisions, 3 vertices dropped
-    assert torch.allclose(three.sum(dim=1), torch.ones(18))
+    assert torch.allclose(three.sum(dim=1), torch.ones(18, dtype=torch.float64))
     assert (three.max(dim=1).values < 1).all()
 
 
