@@ -11,6 +11,8 @@ _EXPORTS = {
     "load_config": "orchestrator.config",
     "resume_panacea": "orchestrator.workflow",
     "run_panacea": "orchestrator.workflow",
+    "resume_sipo": "orchestrator.sipo_workflow",
+    "run_sipo": "orchestrator.sipo_workflow",
     "hypervolume": "orchestrator.evaluation.metrics",
     "export_lora": "orchestrator.model.adapter_io",
     "load_adapter": "orchestrator.model.adapter_io",

@@ -25,6 +25,7 @@ import math
 import shutil
 import time
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -302,15 +303,13 @@ class Steps:
             return AssistantTask(seed=data.seed).score_batch(prompts, responses, self.objectives)
         return self._reward_models.score(prompts, responses)
 
-    @property
+    @cached_property
     def _reward_models(self):
         from orchestrator.rewards.reward_models import RewardModels
 
-        if not hasattr(self, "_loaded_reward_models"):
-            self._loaded_reward_models = RewardModels(
-                self.cfg.sipo.reward_models, self.objectives, device=self.cfg.model.device
-            )
-        return self._loaded_reward_models
+        return RewardModels(
+            self.cfg.sipo.reward_models, self.objectives, device=self.cfg.model.device
+        )
 
     def realign(self, round_dir: Path, start: Path, new_pairs: PairDataset) -> tuple[Path, dict]:
         """Re-align on the new pairs through Ray Train, anchored on `start`: (the adapter, the
