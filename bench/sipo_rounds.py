@@ -4,7 +4,9 @@ seed and judge, on the same λ grid and reference point (the config's eval secti
     python bench/sipo_rounds.py --seeds 0,1,2 --judges implicit,ground_truth
 
 Each seed trains Panacea once (train.seed = sipo.seed = seed) in the first judge's run; the other
-judges start from that same Panacea run (sipo.init_from), so they differ only in the judge.
+judges start from that same Panacea run (sipo.init_from), so they differ only in the judge. A run
+folder that is already there is resumed (finished rounds are read back), so a stopped benchmark
+continues where it was.
 """
 
 import argparse
@@ -15,7 +17,7 @@ from pathlib import Path
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from orchestrator.config import load_config
-from orchestrator.sipo_workflow import run_sipo
+from orchestrator.sipo_workflow import resume_sipo, run_sipo
 
 
 def main() -> None:
@@ -41,7 +43,10 @@ def main() -> None:
             if panacea is not None:
                 overrides.append(f"sipo.init_from={panacea}")
             start = time.perf_counter()
-            result = run_sipo(load_config(args.config, overrides), progress=False, overwrite=True)
+            if (out / "config.yaml").is_file():  # continue an earlier, stopped benchmark
+                result = resume_sipo(out, progress=False)
+            else:
+                result = run_sipo(load_config(args.config, overrides), progress=False)
             seconds = time.perf_counter() - start
             panacea = panacea or out / "panacea"
             for stats in result.rounds:

@@ -183,7 +183,7 @@ class Steps:
             **training,
             **_front_stats("before", front_before),
             **_front_stats("after", front),
-            "adapter": str(adapter),
+            "adapter": str(adapter.resolve()),
         }
         atomic_write_text(done, json.dumps(stats, indent=2))
         return stats, adapter, front

@@ -27,6 +27,7 @@ from orchestrator.engine import build_engine
 from orchestrator.errors import MoaError
 from orchestrator.metrics_log import MetricsLogger
 from orchestrator.model.adapter_io import save_adapter
+from orchestrator.model.loading import resolve_model_path
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -41,7 +42,7 @@ def train(cfg: RunConfig, run_dir: Path, pairs: PairDataset, progress: bool = Tr
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
-            "config": cfg.model_dump(),
+            "config": worker_config(cfg),
             "run_dir": str(run_dir.resolve()),
             "pairs": pairs,
             "progress": progress,
@@ -69,6 +70,16 @@ def train(cfg: RunConfig, run_dir: Path, pairs: PairDataset, progress: bool = Tr
             f"`moa train --resume {run_dir}`"
         ) from None
     return time.perf_counter() - start
+
+
+def worker_config(cfg: RunConfig) -> dict:
+    """The config as the workers get it: local paths made absolute, since Ray's workers do not
+    run in the driver's working directory."""
+    data = cfg.model_dump()
+    data["model"]["name_or_path"] = resolve_model_path(cfg.model.name_or_path)
+    if cfg.adapter.init_from is not None:
+        data["adapter"]["init_from"] = str(Path(cfg.adapter.init_from).resolve())
+    return data
 
 
 def ensure_ray() -> None:

@@ -4,6 +4,8 @@ A hub id or a local directory both work; "builtin:tiny" (and "builtin:tiny-quick
 own tiny Llama model for the built-in task, built once and cached (see orchestrator.model.tiny).
 """
 
+from pathlib import Path
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -14,8 +16,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_model_path(name_or_path: str) -> str:
+    """A hub id as it is; a local directory as an absolute path (Ray's workers and actors do not
+    run in this process's working directory); a built-in model's cached directory."""
     if not name_or_path.startswith("builtin:"):
-        return name_or_path
+        return str(Path(name_or_path).resolve()) if Path(name_or_path).exists() else name_or_path
     if name_or_path not in BUILTIN_BASES:
         raise MoaError(
             f"unknown built-in model {name_or_path!r}; choose from {list(BUILTIN_BASES)}"

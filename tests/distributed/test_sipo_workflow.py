@@ -2,6 +2,7 @@
 judges, the Pareto filter, re-alignment on Ray Train, fronts; and a stopped run resumed."""
 
 import json
+import os
 
 import pytest
 from safetensors.torch import load_file
@@ -119,7 +120,10 @@ def test_hypervolume_before_and_after_are_the_fronts_on_one_grid(finished, panac
 def test_a_stopped_run_resumes_at_the_phase_and_step_it_reached(
     finished, tiny_base_dir, panacea_run, tmp_path, monkeypatch
 ):
-    cfg = sipo_config(tiny_base_dir, panacea_run, tmp_path / "stopped")
+    # Relative paths, as a user types them: Ray's workers run in another working directory.
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(panacea_run, tmp_path)
+    cfg = sipo_config(os.path.relpath(tiny_base_dir, tmp_path), relative, "stopped")
     monkeypatch.setenv(FAULT_ENV, "2")  # the re-alignment dies before its step 2
     with pytest.raises(MoaError, match="training failed"):
         run_sipo(cfg, progress=False)
