@@ -28,25 +28,19 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
-    train = commands.add_parser(
+    _add_run_command(
+        commands,
         "train",
-        help="train a steerable model on Ray Train (a local Ray instance, or the cluster "
+        "train a steerable model on Ray Train (a local Ray instance, or the cluster "
         "RAY_ADDRESS names)",
     )
-    train.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
-    train.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
-    sipo = commands.add_parser(
+    _add_run_command(
+        commands,
         "sipo",
-        help="SIPO self-improvement rounds on a Panacea model (trained first unless "
+        "SIPO self-improvement rounds on a Panacea model (trained first unless "
         "sipo.init_from names a finished run)",
     )
-    sipo.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
-    sipo.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped SIPO run")
-    sipo.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    sipo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
     evaluate = commands.add_parser("eval", help="evaluate a run's front on its λ grid again")
     evaluate.add_argument("run_dir")
@@ -77,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"moa {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _add_run_command(commands, name: str, help_text: str) -> None:
+    """A command that starts a run from a config, or continues a stopped one."""
+    command = commands.add_parser(name, help=help_text)
+    command.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
+    command.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    command.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    command.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
 def _run_config(config: str | None, resume: str | None, overrides: list[str]):

@@ -1,4 +1,4 @@
-"""`moa train` rejects a bad run on the driver, before any Ray worker starts."""
+"""`moa train` and `moa sipo` reject a bad run on the driver, before any Ray worker starts."""
 
 import json
 
@@ -183,3 +183,50 @@ def test_initial_adapter_of_another_shape(capsys, config_file, run_dir, tmp_path
     with pytest.raises(AssertionError, match="a worker was started"):
         args = [f"adapter.init_from={tmp_path / 'rank4'}", "adapter.rank=4"]
         main(["train", str(config_file), *args])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        (["sipo.judge=reward_models"], ["sipo", "needs reward_models"]),
+        (
+            ["sipo.judge=reward_models", "sipo.reward_models={helpful: some/model}"],
+            ["sipo.reward_models", "one model for each objective"],
+        ),
+        (["sipo.judge=oracle"], ["sipo.judge", "'oracle'"]),
+        (["sipo.candidates_per_preference=4"], ["candidates_per_preference", "temperature"]),
+        (["sipo.candidate_divisions=1"], ["sipo.candidate_divisions"]),
+        (["sipo.rounds=0"], ["sipo.rounds"]),
+        (["sipo.beam=2"], ["unknown field 'sipo.beam'"]),
+        (["sipo.init_from=/no/such/run"], ["sipo.init_from", "not a finished Panacea run"]),
+        (["data.conflict_fraction=0"], ["no conflicting pairs"]),
+    ],
+)
+def test_bad_sipo_config_is_refused_before_any_worker(
+    capsys, config_file, run_dir, overrides, names
+):
+    assert main(["sipo", str(config_file), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moa sipo: error: ") and err.count("\n") == 1
+    for name in names:
+        assert name in err
+    assert not run_dir.exists()
+
+
+def test_ground_truth_judge_needs_the_built_in_task(capsys, config_file, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"objectives": ["helpful", "harmless"]}\n')
+    args = ["data.source=jsonl", f"data.path={pairs}", "eval.enabled=false"]
+    assert main(["sipo", str(config_file), *args, "sipo.judge=ground_truth"]) == 2
+    assert "sipo.judge: ground_truth needs the built-in task" in capsys.readouterr().err
+
+
+def test_a_valid_sipo_config_gets_as_far_as_starting_workers(config_file, run_dir):
+    with pytest.raises(AssertionError, match="a worker was started"):
+        main(["sipo", str(config_file)])
+    assert (run_dir / "config.yaml").is_file()
+
+
+def test_sipo_resume_takes_no_overrides(capsys, run_dir):
+    assert main(["sipo", "--resume", str(run_dir), "sipo.rounds=2"]) == 2
+    assert "no config or overrides" in capsys.readouterr().err
