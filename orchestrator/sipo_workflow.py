@@ -105,8 +105,8 @@ def _run(cfg: RunConfig, run_dir: Path, dataset: PairDataset, progress: bool) ->
     from orchestrator.distributed.train import ensure_ray
 
     ensure_ray()
-    adapter, front = _starting_point(cfg, run_dir, progress)
     steps = Steps(cfg, progress)
+    adapter, front = _starting_point(steps, run_dir)
     fronts = {"start": front}
     rounds = []
     for number in range(1, cfg.sipo.rounds + 1):
@@ -123,8 +123,9 @@ def _run(cfg: RunConfig, run_dir: Path, dataset: PairDataset, progress: bool) ->
     return SIPOResult(run_dir, rounds, run_dir / "adapter")
 
 
-def _starting_point(cfg: RunConfig, run_dir: Path, progress: bool) -> tuple[Path, Front | None]:
+def _starting_point(steps: "Steps", run_dir: Path) -> tuple[Path, Front | None]:
     """The adapter round 1 starts from, and its front (None without evaluation)."""
+    cfg, progress = steps.cfg, steps.progress
     if cfg.sipo.init_from is None:
         panacea_dir = run_dir / "panacea"
         finished = (panacea_dir / "adapter").is_dir() and (
@@ -141,7 +142,7 @@ def _starting_point(cfg: RunConfig, run_dir: Path, progress: bool) -> tuple[Path
     adapter = Path(cfg.sipo.init_from) / "adapter"
     if not cfg.eval.enabled:
         return adapter, None
-    return adapter, Steps(cfg, progress).front(adapter, run_dir / "start_eval", "Starting front")
+    return adapter, steps.front(adapter, run_dir / "start_eval", "Starting front")
 
 
 class Steps:
