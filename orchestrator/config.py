@@ -206,6 +206,11 @@ class RunConfig(Section):
     sipo: SIPOSection = SIPOSection()
     output_dir: str = "runs/panacea"
 
+    @property
+    def global_batch(self) -> int:
+        """Pairs per optimizer step: train.batch_size × scaling.num_workers × grad_accum_steps."""
+        return self.train.batch_size * self.scaling.num_workers * self.train.grad_accum_steps
+
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
         if self.eval.enabled and self.data.source != "assistant":

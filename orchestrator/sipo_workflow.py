@@ -36,6 +36,7 @@ from orchestrator.algorithms.sipo import (
     pairs_to_improve,
     review_prompt,
     rewrite_prompt,
+    rows_by_pair,
     select_improvements,
 )
 from orchestrator.algorithms.sipo_selection import candidate_preferences, conflicting_pairs
@@ -168,7 +169,8 @@ class Steps:
         done = round_dir / "round.json"
         if done.is_file():
             stats = json.loads(done.read_text())
-            return stats, Path(stats["adapter"]), self._read_front(round_dir)
+            adapter = round_adapter(round_dir, start, stats["realign_steps"])
+            return stats, adapter, self._read_front(round_dir)
         round_dir.mkdir(parents=True, exist_ok=True)
         if not (round_dir / "pairs.jsonl").is_file():
             self.select(round_dir, number, dataset, start)
@@ -184,7 +186,6 @@ class Steps:
             **training,
             **_front_stats("before", front_before),
             **_front_stats("after", front),
-            "adapter": str(adapter.resolve()),
         }
         atomic_write_text(done, json.dumps(stats, indent=2))
         return stats, adapter, front
@@ -218,6 +219,7 @@ class Steps:
                 rewritten = self._review(pool, prompts, lambdas, params, answers, rewards)
             judged = time.perf_counter()
         selection = select_improvements(pairs, plan, answers, rewards, originals, self.objectives)
+        rows_of = rows_by_pair(plan, len(pairs))
         records = [
             {
                 "prompt": pair.prompt,
@@ -230,8 +232,7 @@ class Steps:
                         "rewards": rewards[row].tolist(),
                         "rewritten": bool(rewritten[row]),
                     }
-                    for row in range(len(plan))
-                    if plan[row][0] == i
+                    for row in rows_of[i]
                 ],
                 "kept": selection.kept[i],
             }
@@ -316,21 +317,17 @@ class Steps:
         """Re-align on the new pairs through Ray Train, anchored on `start`: (the adapter, the
         training statistics). A round with fewer new pairs than one global batch keeps `start`."""
         cfg = realign_config(self.cfg, round_dir / "train", start, len(new_pairs))
-        global_batch = cfg.train.batch_size * cfg.scaling.num_workers * cfg.train.grad_accum_steps
-        if len(new_pairs) < global_batch:
-            return start, {"realign_steps": 0, "training_seconds": 0.0}
-        train_dir = Path(cfg.output_dir)
+        steps = cfg.train.max_steps if len(new_pairs) >= cfg.global_batch else 0
+        adapter = round_adapter(round_dir, start, steps)
         seconds = 0.0
-        if not (train_dir / "adapter").is_dir():
+        if steps and not adapter.is_dir():
             from orchestrator.distributed.train import train
 
+            train_dir = Path(cfg.output_dir)
             if not (train_dir / "config.yaml").is_file():
                 prepare_run_dir(cfg)
             seconds = train(cfg, train_dir, new_pairs, progress=self.progress)
-        return train_dir / "adapter", {
-            "realign_steps": cfg.train.max_steps,
-            "training_seconds": seconds,
-        }
+        return adapter, {"realign_steps": steps, "training_seconds": seconds}
 
     def front(self, adapter: Path, out_dir: Path, title: str) -> Front:
         """The front of `adapter` over the eval grid (through a generation pool), written to
@@ -369,13 +366,18 @@ class Steps:
         )
 
 
+def round_adapter(round_dir: Path, start: Path, realign_steps: int) -> Path:
+    """The adapter a round ends with: its re-alignment's, or `start` when it had too few new
+    pairs to train on."""
+    return round_dir / "train" / "adapter" if realign_steps else start
+
+
 def realign_config(cfg: RunConfig, train_dir: Path, start: Path, num_pairs: int) -> RunConfig:
     """The re-alignment's training config: DPO + NLL on the new pairs from the adapter `start`,
     anchored on it (train.reference: initial), for sipo.epochs passes; no evaluation inside."""
     sipo = cfg.sipo
     data = cfg.model_dump()
-    global_batch = cfg.train.batch_size * cfg.scaling.num_workers * cfg.train.grad_accum_steps
-    steps = max(1, math.ceil(sipo.epochs * num_pairs / global_batch))
+    steps = max(1, math.ceil(sipo.epochs * num_pairs / cfg.global_batch))
     data["train"].update(
         loss="dpo",
         reference="initial",

@@ -133,11 +133,10 @@ def check_training_inputs(cfg: RunConfig):
         pairs = load_training_pairs(cfg.data)
     except MoaError as err:
         raise MoaError(f"data: {err}") from None
-    global_batch = cfg.train.batch_size * cfg.scaling.num_workers * cfg.train.grad_accum_steps
-    if len(pairs.pairs) < global_batch:
+    if len(pairs.pairs) < cfg.global_batch:
         raise MoaError(
             f"data: {len(pairs.pairs)} training pairs, fewer than one global batch of "
-            f"{global_batch} (train.batch_size × scaling.num_workers × train.grad_accum_steps)"
+            f"{cfg.global_batch} (train.batch_size × scaling.num_workers × train.grad_accum_steps)"
         )
     try:  # also builds the built-in base once, on the driver
         load_tokenizer(cfg.model.name_or_path)

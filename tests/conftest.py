@@ -164,6 +164,10 @@ def _stop_head(sid: int, marker: str) -> None:
             return
 
 
+AGENT_WAIT_S = 60.0
+NO_AGENT = "No available agent to submit job"
+
+
 class LocalHead:
     def __init__(
         self, port: int, dashboard_port: int, token_path: Path, env: dict[str, str], cache_dir: str
@@ -185,12 +189,19 @@ class LocalHead:
         )
 
     def submit(self, *entrypoint: str, submission_id: str, env=None):
-        return self.ray(
-            "job", "submit", "--address", self.address, "--submission-id", submission_id,
-            "--working-dir", str(REPO), "--runtime-env", "cluster/runtime_env.yaml",
-            "--", *entrypoint,
-            env=env,
-        )  # fmt: skip
+        """`ray job submit`, tried again (for up to AGENT_WAIT_S) while the head's job agent is
+        not up yet: the job list answers before the agent can take a submission."""
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            result = self.ray(
+                "job", "submit", "--address", self.address, "--submission-id", submission_id,
+                "--working-dir", str(REPO), "--runtime-env", "cluster/runtime_env.yaml",
+                "--", *entrypoint,
+                env=env,
+            )  # fmt: skip
+            if NO_AGENT not in result.stdout + result.stderr or time.monotonic() > deadline:
+                return result
+            time.sleep(2)
 
     def status(self, submission_id: str) -> str:
         """The job's status from the REST API; the CLI prints only a sentence."""

@@ -45,6 +45,14 @@ def candidate_plan(
     ]
 
 
+def rows_by_pair(plan: Sequence[tuple[int, tuple[float, ...]]], num_pairs: int) -> list[list[int]]:
+    """For each pair, the rows of the plan that answer it."""
+    rows: list[list[int]] = [[] for _ in range(num_pairs)]
+    for row, (pair, _) in enumerate(plan):
+        rows[pair].append(row)
+    return rows
+
+
 def review_prompt(prompt: str, answer: str, objectives: Sequence[str]) -> str:
     """Asks the model to critique its answer against every objective."""
     goals = ", ".join(objectives)
@@ -103,9 +111,7 @@ def select_improvements(
         raise MoaError(
             f"need original rewards [{len(pairs)}, 2, {m}]; got {list(original_rewards.shape)}"
         )
-    rows_of: list[list[int]] = [[] for _ in pairs]
-    for row, (pair, _) in enumerate(plan):
-        rows_of[pair].append(row)
+    rows_of = rows_by_pair(plan, len(pairs))
     kept, new_pairs = [], []
     for pair, rows in zip(pairs, rows_of, strict=True):
         i = len(kept)
