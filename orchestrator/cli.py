@@ -42,6 +42,24 @@ def main(argv: list[str] | None = None) -> int:
         "sipo.init_from names a finished run)",
     )
 
+    serve = commands.add_parser(
+        "serve",
+        help="serve a steerable model on Ray Serve: an OpenAI-compatible API with a preference "
+        "vector per request (a local Ray instance, or the cluster RAY_ADDRESS names)",
+    )
+    serve.add_argument(
+        "source", help="a run folder (its best adapter, else adapter/) or an adapter folder"
+    )
+    serve.add_argument(
+        "--detach",
+        action="store_true",
+        help="return once it serves and leave it running on the cluster; run again with "
+        "another adapter to reload it in place",
+    )
+    serve.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="serve.* and model.* overrides"
+    )
+
     evaluate = commands.add_parser("eval", help="evaluate a run's front on its λ grid again")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--output-dir", help="default: RUN_DIR/eval")
@@ -65,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             _train(args.config, args.resume, args.overwrite, args.overrides)
         elif args.command == "sipo":
             _sipo(args.config, args.resume, args.overwrite, args.overrides)
+        elif args.command == "serve":
+            _serve(args.source, args.detach, args.overrides)
         elif args.command == "eval":
             _evaluate(args.run_dir, args.output_dir, args.overrides)
     except MoaError as err:
@@ -133,6 +153,38 @@ def _sipo(config: str | None, resume: str | None, overwrite: bool, overrides: li
             )
         print(line)
     print(f"run folder {result.run_dir} (report.md, fronts.png, adapter/)")
+
+
+def _serve(source: str, detach: bool, overrides: list[str]) -> None:
+    import time
+
+    import ray
+    from ray import serve
+
+    from orchestrator.distributed.serve import deploy, served_model
+
+    served = served_model(source, overrides)
+    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    if detach and ray._private.worker.global_worker.node.head:
+        raise MoaError(
+            "--detach needs a Ray cluster that outlives this command (RAY_ADDRESS, or a head "
+            "started with `ray start --head`); without one, leave --detach out"
+        )
+    url = deploy(served)
+    s = served.settings
+    print(
+        f"serving {served.adapter} as model {s.model_name!r} at {url}/v1 "
+        f"(objectives {served.objectives}; λ per request: body field 'preference' or "
+        f"model '{s.model_name}:w1,...,wm')"
+    )
+    if detach:
+        return
+    print("Ctrl-C stops it")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.delete(s.app_name)
 
 
 def _evaluate(run_dir: str, output_dir: str | None, overrides: list[str]) -> None:

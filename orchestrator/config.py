@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from orchestrator.errors import MoaError
+from orchestrator.model.preference import validate_preference
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Positive = Annotated[float, Field(gt=0.0)]
@@ -193,6 +194,50 @@ class SIPOSection(Section):
         return self
 
 
+class ServeSection(Section):
+    """The steerable model on Ray Serve (`moa serve`): an OpenAI-compatible API, λ per request."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 listens on every interface
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    app_name: str = "moa"
+    # The model id clients send; "<model_name>:0.7,0.3" names λ in it, for clients that can't add
+    # a body field.
+    model_name: Annotated[str, Field(pattern=r"^[^:\s]+$")] = "moa"
+    checkpoint: Literal["best", "final"] = (
+        "best"  # a run folder's best/ (when it has one), adapter/
+    )
+    default_preference: list[float] | None = None  # default: equal weights
+    max_batch_size: Count = 32  # requests decoded in one batch, each at its own λ
+    batch_wait_timeout_s: Annotated[float, Field(ge=0.0)] = 0.01  # to let a batch fill
+    max_ongoing_requests: Count = 64  # per replica; at least max_batch_size so batches can fill
+    max_tokens: Count = 256  # the largest max_tokens a request may ask for
+    default_max_tokens: Count = 96
+    max_prompt_tokens: Count = 512  # longer prompts are refused, not cut
+    min_replicas: Annotated[int, Field(ge=0)] = 1  # min < max: autoscaling between them
+    max_replicas: Count = 1
+    target_ongoing_requests: Positive = 16.0  # autoscaling target per replica
+    num_cpus: Positive = 1.0  # per replica (its torch threads)
+    num_gpus: Annotated[float, Field(ge=0.0)] = 0.0  # per replica; > 0 runs the model on a GPU
+
+    @model_validator(mode="after")
+    def _check(self) -> "ServeSection":
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) must be at least "
+                f"max_batch_size ({self.max_batch_size}), or batches can never fill"
+            )
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})"
+            )
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens "
+                f"({self.max_tokens})"
+            )
+        return self
+
+
 class RunConfig(Section):
     model: ModelSection = ModelSection()
     adapter: AdapterSection = AdapterSection()
@@ -204,6 +249,7 @@ class RunConfig(Section):
     checkpoint: CheckpointSection = CheckpointSection()
     logging: LoggingSection = LoggingSection()
     sipo: SIPOSection = SIPOSection()
+    serve: ServeSection = ServeSection()
     output_dir: str = "runs/panacea"
 
     @property
@@ -248,6 +294,12 @@ class RunConfig(Section):
                 "sipo.judge: ground_truth needs the built-in task's scorers (data.source: "
                 "assistant); use implicit or reward_models"
             )
+        default = self.serve.default_preference
+        if default is not None:
+            try:
+                validate_preference(default, len(self.data.objectives))
+            except MoaError as err:
+                raise ValueError(f"serve.default_preference: {err}") from None
         ref = self.eval.reference_point
         if ref is not None and len(ref) != len(self.data.objectives):
             raise ValueError(

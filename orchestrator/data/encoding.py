@@ -17,11 +17,19 @@ from orchestrator.errors import MoaError
 def prompt_text(tokenizer, prompt: str) -> str:
     """The prompt as the model sees it: through its chat template when it has one, else after
     the BOS token (texts are tokenized without special tokens, so BOS must be written here)."""
+    return chat_text(tokenizer, [{"role": "user", "content": prompt}])
+
+
+def chat_text(tokenizer, messages: Sequence[dict[str, str]]) -> str:
+    """A conversation as the model sees it, ending where the assistant's answer starts. A model
+    without a chat template was trained on single user turns, so it takes only those."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            list(messages), add_generation_prompt=True, tokenize=False
         )
-    return (getattr(tokenizer, "bos_token", None) or "") + prompt + "\n"
+    if len(messages) != 1 or messages[0]["role"] != "user":
+        raise MoaError("this model has no chat template, so messages must be a single user message")
+    return (getattr(tokenizer, "bos_token", None) or "") + messages[0]["content"] + "\n"
 
 
 def encode_prompt(tokenizer, prompt: str, max_tokens: int) -> list[int]:

@@ -1,6 +1,7 @@
 """Saving, loading, merging and exporting SVD-LoRA adapters."""
 
 import copy
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -39,6 +40,14 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         payload = {"format": ADAPTER_FORMAT, **config.to_dict()}
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(payload, indent=2))
     return Path(directory)
+
+
+def adapter_version(directory: str | os.PathLike) -> str:
+    """A short content hash of a saved adapter's tensors: equal adapters, equal versions."""
+    weights = Path(directory) / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise MoaError(f"no SVD-LoRA adapter at {directory}: {ADAPTER_WEIGHTS} is missing")
+    return hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
 
 
 def read_adapter_config(directory: str | os.PathLike) -> SVDLoRAConfig:

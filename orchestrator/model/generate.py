@@ -7,7 +7,7 @@ generator per row, so a seeded request gives the same text whatever batch it lan
 """
 
 import inspect
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
@@ -37,16 +37,28 @@ class SamplingParams:
             raise MoaError(f"top_p must be in (0, 1]; got {self.top_p}")
 
 
+@dataclass(frozen=True)
+class Piece:
+    """One row's output of one decoding step."""
+
+    token: int | None  # the new token; None when it is the stop token
+    finish: str | None = None  # on the row's last piece: "stop" (stop token) or "length"
+
+
 @torch.inference_mode()
-def generate_tokens(
+def decode_steps(
     model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     params: Sequence[SamplingParams],
     stop_token_ids: Collection[int],
     pad_token_id: int,
-) -> list[list[int]]:
-    """New tokens of each left-padded row (without the stop token); one SamplingParams per row."""
+) -> Iterator[list[Piece | None]]:
+    """Decode left-padded rows one step at a time; one SamplingParams per row.
+
+    Each step yields one entry per row: its Piece, or None once the row has finished. Rows end at
+    a stop token or at their max_new_tokens; the model runs while any row is still going.
+    """
     rows = input_ids.shape[0]
     device = input_ids.device
     generators = [
@@ -63,15 +75,23 @@ def generate_tokens(
         **_last_logits_only(model),
     )
     cache, logits = out.past_key_values, out.logits[:, -1]
-    generated = torch.full((rows, int(limits.max())), pad_token_id, dtype=torch.long, device=device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
-    for t in range(generated.shape[1]):
+    for t in range(int(limits.max())):
         token = _next_tokens(logits, params, generators)
-        token = torch.where(done, torch.full_like(token, pad_token_id), token)
-        generated[:, t] = token
-        done |= torch.isin(token, stops) | (t + 1 >= limits)
+        stopped = torch.isin(token, stops) & ~done
+        finished = (stopped | (t + 1 >= limits)) & ~done
+        yield [
+            None
+            if was_done
+            else Piece(None if stop else tok, ("stop" if stop else "length") if fin else None)
+            for tok, was_done, stop, fin in zip(
+                token.tolist(), done.tolist(), stopped.tolist(), finished.tolist(), strict=True
+            )
+        ]
+        done |= finished
         if bool(done.all()):
-            break
+            return
+        token = torch.where(done, torch.full_like(token, pad_token_id), token)
         attention_mask = torch.cat([attention_mask, (~done).long().unsqueeze(-1)], dim=-1)
         positions = positions[:, -1:] + 1
         out = model(
@@ -81,11 +101,24 @@ def generate_tokens(
             past_key_values=cache,
         )
         cache, logits = out.past_key_values, out.logits[:, -1]
-    result = []
-    for row, limit in zip(generated.tolist(), limits.tolist(), strict=True):
-        row = row[:limit]
-        end = next((i for i, token in enumerate(row) if token in stop_token_ids), len(row))
-        result.append(row[:end])
+
+
+def generate_tokens(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    params: Sequence[SamplingParams],
+    stop_token_ids: Collection[int],
+    pad_token_id: int,
+) -> list[list[int]]:
+    """New tokens of each left-padded row (without the stop token); one SamplingParams per row."""
+    result: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    for step in decode_steps(
+        model, input_ids, attention_mask, params, stop_token_ids, pad_token_id
+    ):
+        for row, piece in enumerate(step):
+            if piece is not None and piece.token is not None:
+                result[row].append(piece.token)
     return result
 
 
@@ -197,10 +230,15 @@ def generate_ids(
 
 def _left_padded(tokenizer, prompts: Sequence[str], max_tokens: int, device) -> tuple:
     encoded = [encode_prompt(tokenizer, p, max_tokens) for p in prompts]
+    return left_pad(encoded, tokenizer.pad_token_id, device)
+
+
+def left_pad(encoded: Sequence[Sequence[int]], pad_token_id: int, device) -> tuple:
+    """(input_ids, attention_mask) of token rows padded on the left to one width."""
     width = max(len(ids) for ids in encoded)
-    input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    input_ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
     for row, ids in enumerate(encoded):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
         attention_mask[row, width - len(ids) :] = 1
     return input_ids.to(device), attention_mask.to(device)

@@ -1,0 +1,530 @@
+"""The steerable model on Ray Serve: an OpenAI-compatible API with a preference λ per request.
+
+One deployment, `SteerableModel`, behind a FastAPI ingress. A replica holds the base model with its
+SVD-LoRA adapter. Requests at different λ are decoded together: `@serve.batch` gathers up to
+max_batch_size of them (waiting at most batch_wait_timeout_s), and every decoding step is one
+forward pass in which each row carries its own λ (model/generate.py's decode_steps). Tokens stream
+out as they are decoded; a request that does not stream gathers its own.
+
+The adapter and the two batching knobs are the deployment's user_config. Deploying the app again
+with only those changed reloads them in place (`reconfigure`): the batch in flight finishes on the
+old adapter and the next batch decodes with the new one, so no request fails. Changing anything
+else restarts the replicas. `moa serve` deploys through Serve's declarative config, as
+`serve deploy` does, because only that path keeps the replicas when only the user_config changes.
+"""
+
+import asyncio
+import json
+import secrets
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from orchestrator.config import ServeSection, load_config
+from orchestrator.data.encoding import chat_text, prompt_text
+from orchestrator.errors import MoaError
+from orchestrator.model.adapter_io import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    adapter_version,
+    load_adapter_tensors,
+    read_adapter_config,
+)
+from orchestrator.model.generate import (
+    Piece,
+    SamplingParams,
+    decode_steps,
+    left_pad,
+    stop_token_ids,
+)
+from orchestrator.model.loading import load_model, load_tokenizer, resolve_model_path
+from orchestrator.model.svd_lora import preference
+from orchestrator.openai_api import (
+    ApiError,
+    ChatBody,
+    CompletionBody,
+    GenerationBody,
+    check_prompt,
+    envelope,
+    max_new_tokens,
+    new_id,
+    parse_body,
+    preference_map,
+    resolve_preference,
+    sse,
+    usage,
+)
+
+DEPLOYMENT = "SteerableModel"
+IMPORT_PATH = "orchestrator.distributed.serve:build_app"
+
+
+class ReplicaSpec(BaseModel):
+    """What a replica is built from (the app's args): changing it restarts the replicas."""
+
+    model_config = ConfigDict(extra="forbid")
+    base_model: str
+    dtype: str
+    device: Literal["cpu", "cuda"]
+    threads: int
+    objectives: list[str]
+    model_name: str
+    default_preference: list[float]
+    max_tokens: int
+    default_max_tokens: int
+    max_prompt_tokens: int
+
+
+class LiveConfig(BaseModel):
+    """The deployment's user_config: changing it reloads in place (`reconfigure`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    adapter: str
+    max_batch_size: Annotated[int, Field(ge=1)]
+    batch_wait_timeout_s: Annotated[float, Field(ge=0.0)]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One answer to decode: its prompt tokens, λ and sampling parameters."""
+
+    prompt_ids: list[int]
+    preference: list[float]
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    tokens: int
+    finish: str  # "stop" or "length"
+    adapter_version: str
+
+
+# Defined before the deployment class: Serve pickles it, with the globals it uses, when it is
+# decorated.
+def _read_adapter(path: str):
+    from safetensors.torch import load_file
+
+    return read_adapter_config(path), load_file(Path(path) / ADAPTER_WEIGHTS)
+
+
+api = FastAPI(title="moa: steerable model", docs_url=None, redoc_url=None)
+
+
+@api.exception_handler(ApiError)
+async def _client_error(request: Request, err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+@serve.deployment(name=DEPLOYMENT)
+@serve.ingress(api)
+class SteerableModel:
+    def __init__(self, spec: dict):
+        self.spec = ReplicaSpec.model_validate(spec)
+        torch.set_num_threads(max(1, self.spec.threads))
+        self.tokenizer = load_tokenizer(self.spec.base_model)
+        self.model = load_model(self.spec.base_model, self.spec.dtype, self.spec.device).eval()
+        self.stops = stop_token_ids(self.model, self.tokenizer)
+        self.lock = asyncio.Lock()  # one batch at a time; a reload waits for the batch in flight
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+        self.adapter: tuple[str, str] | None = None  # (path, version)
+        self.batch_sizes: Counter[int] = Counter()
+
+    async def reconfigure(self, user_config: dict) -> None:
+        live = LiveConfig.model_validate(user_config)
+        self._decode.set_max_batch_size(live.max_batch_size)
+        self._decode.set_batch_wait_timeout_s(live.batch_wait_timeout_s)
+        loop = asyncio.get_running_loop()
+        version = await loop.run_in_executor(None, adapter_version, live.adapter)
+        if self.adapter is not None and self.adapter[1] == version:
+            return
+        config, tensors = await loop.run_in_executor(None, _read_adapter, live.adapter)
+        names = list(config.objective_names or self.spec.objectives)
+        if config.num_objectives != len(self.spec.objectives) or names != self.spec.objectives:
+            raise MoaError(
+                f"the adapter at {live.adapter} has objectives {config.objective_names}; "
+                f"this deployment serves {self.spec.objectives}"
+            )
+        async with self.lock:
+            await loop.run_in_executor(
+                self.executor, load_adapter_tensors, self.model, config, tensors
+            )
+            self.adapter = (live.adapter, version)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _decode(self, jobs: list[Job]) -> AsyncIterator[list]:
+        """Decode a batch of jobs together; yields, per step, each job's (Piece, adapter version),
+        or StopIteration once it has finished."""
+        async with self.lock:
+            self.batch_sizes[len(jobs)] += 1
+            version = self.adapter[1]
+            steps = self._steps(jobs)
+            loop = asyncio.get_running_loop()
+            while (
+                step := await loop.run_in_executor(self.executor, next, steps, None)
+            ) is not None:
+                yield [StopIteration if piece is None else (piece, version) for piece in step]
+
+    def _steps(self, jobs: Sequence[Job]):
+        device = next(self.model.parameters()).device
+        input_ids, mask = left_pad(
+            [j.prompt_ids for j in jobs], self.tokenizer.pad_token_id, device
+        )
+        lam = torch.tensor([j.preference for j in jobs], dtype=torch.float32, device=device)
+        with preference(self.model, lam):
+            yield from decode_steps(
+                self.model,
+                input_ids,
+                mask,
+                [j.params for j in jobs],
+                self.stops,
+                self.tokenizer.pad_token_id,
+            )
+
+    async def _stream(self, job: Job) -> AsyncIterator[tuple[str, Piece, str]]:
+        """(new text, piece, adapter version) as the job decodes. Text is held back while it ends
+        in an incomplete character, so the pieces add up to the whole answer's text."""
+        ids: list[int] = []
+        sent = 0
+        async for piece, version in self._decode(job):
+            if piece.token is not None:
+                ids.append(piece.token)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if text.endswith("\ufffd") and piece.finish is None:
+                yield "", piece, version
+                continue
+            yield text[sent:], piece, version
+            sent = len(text)
+
+    async def _answer(self, job: Job) -> Answer:
+        texts, tokens = [], 0
+        async for text, piece, version in self._stream(job):
+            texts.append(text)
+            tokens += piece.token is not None
+            last = (piece.finish, version)
+        return Answer("".join(texts), tokens, *last)
+
+    def _job(self, body: GenerationBody, content, render, field: str, lam: list[float]) -> Job:
+        """The job answering `content` (a prompt, or chat messages) formatted by `render`."""
+        raw = content if isinstance(content, str) else "".join(m["content"] for m in content)
+        try:
+            text = render(self.tokenizer, content)
+        except MoaError as err:
+            raise ApiError(400, field, str(err)) from None
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        check_prompt(ids, raw, field, self.spec.max_prompt_tokens)
+        limit_field = "max_tokens"
+        requested = body.max_tokens
+        if isinstance(body, ChatBody) and body.max_completion_tokens is not None:
+            limit_field, requested = "max_completion_tokens", body.max_completion_tokens
+        tokens = max_new_tokens(
+            requested, limit_field, self.spec.default_max_tokens, self.spec.max_tokens
+        )
+        seed = body.seed if body.seed is not None else secrets.randbits(31)
+        params = SamplingParams(tokens, body.temperature, body.top_p, seed)
+        return Job(ids, lam, params)
+
+    def _preference(self, body: GenerationBody) -> list[float]:
+        spec = self.spec
+        return resolve_preference(body, spec.model_name, spec.objectives, spec.default_preference)
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request):
+        body = parse_body(await request.body(), CompletionBody)
+        lam = self._preference(body)
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not prompts:
+            raise ApiError(400, "prompt", "prompt is an empty list")
+        jobs = [self._job(body, p, prompt_text, "prompt", lam) for p in prompts]
+        head = {"preference": preference_map(lam, self.spec.objectives)}
+        request_id = new_id("cmpl")
+
+        def chunk(index: int, text: str, finish: str | None, version: str) -> dict:
+            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+            return self._envelope("text_completion", request_id, version, head, [choice])
+
+        if body.stream:
+            return self._sse(jobs, body, chunk, head, "text_completion", request_id)
+        answers = await asyncio.gather(*(self._answer(job) for job in jobs))
+        choices = [
+            {"index": i, "text": a.text, "logprobs": None, "finish_reason": a.finish}
+            for i, a in enumerate(answers)
+        ]
+        return self._response("text_completion", request_id, jobs, answers, head, choices)
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        body = parse_body(await request.body(), ChatBody)
+        lam = self._preference(body)
+        messages = [m.model_dump() for m in body.messages]
+        job = self._job(body, messages, chat_text, "messages", lam)
+        head = {"preference": preference_map(lam, self.spec.objectives)}
+        request_id = new_id("chatcmpl")
+
+        def chunk(index: int, text: str, finish: str | None, version: str) -> dict:
+            delta = {"content": text} if text or finish is None else {}
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return self._envelope("chat.completion.chunk", request_id, version, head, [choice])
+
+        if body.stream:
+            return self._sse([job], body, chunk, head, "chat.completion.chunk", request_id)
+        answer = await self._answer(job)
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": answer.text},
+            "logprobs": None,
+            "finish_reason": answer.finish,
+        }
+        return self._response("chat.completion", request_id, [job], [answer], head, [choice])
+
+    def _envelope(self, kind: str, request_id: str, version: str, head: dict, choices) -> dict:
+        extra = {"choices": choices, **head, "adapter_version": version}
+        return envelope(kind, request_id, self.spec.model_name, version, extra)
+
+    def _response(self, kind, request_id, jobs, answers: list[Answer], head, choices) -> dict:
+        body = self._envelope(kind, request_id, answers[0].adapter_version, head, choices)
+        prompt_tokens = sum(len(job.prompt_ids) for job in jobs)
+        body["usage"] = usage(prompt_tokens, sum(a.tokens for a in answers))
+        return body
+
+    def _sse(self, jobs: list[Job], body, chunk, head, kind, request_id) -> StreamingResponse:
+        """The answers as server-sent events: chunks as tokens decode, the usage last when the
+        client asked for it, then [DONE]."""
+
+        async def events():
+            queue: asyncio.Queue = asyncio.Queue()
+
+            async def pump(index: int, job: Job):
+                tokens = 0
+                async for text, piece, version in self._stream(job):
+                    tokens += piece.token is not None
+                    await queue.put(chunk(index, text, piece.finish, version))
+                await queue.put((index, tokens))
+
+            if kind == "chat.completion.chunk":
+                first = {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+                yield sse(self._envelope(kind, request_id, self.adapter[1], head, [first]))
+            tasks = [asyncio.create_task(pump(i, job)) for i, job in enumerate(jobs)]
+            try:
+                finished, completion_tokens = 0, 0
+                while finished < len(jobs):
+                    item = await queue.get()
+                    if isinstance(item, tuple):
+                        finished += 1
+                        completion_tokens += item[1]
+                        continue
+                    yield sse(item)
+                if body.stream_options is not None and body.stream_options.include_usage:
+                    prompt_tokens = sum(len(job.prompt_ids) for job in jobs)
+                    tail = self._envelope(kind, request_id, self.adapter[1], head, [])
+                    tail["usage"] = usage(prompt_tokens, completion_tokens)
+                    yield sse(tail)
+                yield sse("[DONE]")
+            finally:
+                for task in tasks:
+                    task.cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @api.get("/v1/models")
+    async def models(self) -> dict:
+        model = {"id": self.spec.model_name, "object": "model", "created": 0, "owned_by": "moa"}
+        return {"object": "list", "data": [model]}
+
+    @api.get("/v1/preferences")
+    async def preferences(self) -> dict:
+        spec = self.spec
+        return {
+            "objectives": spec.objectives,
+            "default_preference": preference_map(spec.default_preference, spec.objectives),
+            "adapter": self.adapter[0],
+            "adapter_version": self.adapter[1],
+            "model": spec.model_name,
+            "accepts": {
+                "preference": f"a list of {len(spec.objectives)} non-negative weights summing "
+                "to 1, or an {objective: weight} map (objectives left out weigh 0); "
+                '"normalize": true rescales any non-negative, not-all-zero weights',
+                "model": f"{spec.model_name} or {spec.model_name}:w1,...,wm",
+                "max_tokens": f"1 to {spec.max_tokens} (default {spec.default_max_tokens})",
+                "prompt_tokens": f"at most {spec.max_prompt_tokens}",
+            },
+        }
+
+    @api.get("/v1/stats")
+    async def stats(self) -> dict:
+        """This replica's batches so far: how many of each size."""
+        sizes = dict(sorted(self.batch_sizes.items()))
+        return {
+            "replica": serve.get_replica_context().replica_id.unique_id,
+            "batches": sum(sizes.values()),
+            "requests": sum(size * count for size, count in sizes.items()),
+            "batch_sizes": {str(size): count for size, count in sizes.items()},
+            "largest_batch": max(sizes, default=0),
+            "max_batch_size": self._decode._get_max_batch_size(),
+            "batch_wait_timeout_s": self._decode._get_batch_wait_timeout_s(),
+        }
+
+    @api.get("/health")
+    async def health(self) -> dict:
+        return {"status": "ok", "adapter_version": self.adapter[1]}
+
+
+def build_app(args: dict) -> serve.Application:
+    """The application `import_path` names: a replica spec in, the bound deployment out."""
+    return SteerableModel.bind(ReplicaSpec.model_validate(args).model_dump())
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What `moa serve SOURCE` serves: a base model, an adapter and the serve settings."""
+
+    base_model: str
+    dtype: str
+    objectives: list[str]
+    adapter: Path
+    settings: ServeSection
+
+    def replica_spec(self) -> ReplicaSpec:
+        s = self.settings
+        m = len(self.objectives)
+        return ReplicaSpec(
+            base_model=resolve_model_path(self.base_model),
+            dtype=self.dtype,
+            device="cuda" if s.num_gpus > 0 else "cpu",
+            threads=max(1, int(s.num_cpus)),
+            objectives=self.objectives,
+            model_name=s.model_name,
+            default_preference=s.default_preference or [1.0 / m] * m,
+            max_tokens=s.max_tokens,
+            default_max_tokens=s.default_max_tokens,
+            max_prompt_tokens=s.max_prompt_tokens,
+        )
+
+    def live_config(self) -> LiveConfig:
+        s = self.settings
+        return LiveConfig(
+            adapter=str(self.adapter.resolve()),
+            max_batch_size=s.max_batch_size,
+            batch_wait_timeout_s=s.batch_wait_timeout_s,
+        )
+
+    def application(self) -> dict:
+        """This model as an application of a Serve config (what `serve deploy` takes)."""
+        s = self.settings
+        deployment = {
+            "name": DEPLOYMENT,
+            "user_config": self.live_config().model_dump(),
+            "max_ongoing_requests": s.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
+        }
+        if s.min_replicas == s.max_replicas:
+            deployment["num_replicas"] = s.min_replicas
+        else:
+            deployment["autoscaling_config"] = {
+                "min_replicas": s.min_replicas,
+                "max_replicas": s.max_replicas,
+                "target_ongoing_requests": s.target_ongoing_requests,
+            }
+        return {
+            "name": s.app_name,
+            "route_prefix": "/",
+            "import_path": IMPORT_PATH,
+            "args": self.replica_spec().model_dump(),
+            "deployments": [deployment],
+        }
+
+
+def served_model(source: str, overrides: Sequence[str] = ()) -> ServedModel:
+    """A run folder (its best adapter, or adapter/) or an adapter folder, with serve.* and
+    model.* overrides; checked here, before anything is deployed."""
+    bad = [o for o in overrides if not o.startswith(("serve.", "model."))]
+    if bad:
+        raise MoaError(f"moa serve takes only serve.* and model.* overrides; got {bad}")
+    path = Path(source)
+    if (path / "config.yaml").is_file():
+        cfg = load_config(path / "config.yaml", overrides)
+        best = path / "best" / "adapter"
+        use_best = cfg.serve.checkpoint == "best" and (best / ADAPTER_CONFIG).is_file()
+        adapter = best if use_best else path / "adapter"
+        saved = read_adapter_config(adapter)
+    elif (path / ADAPTER_CONFIG).is_file():
+        saved = read_adapter_config(path)
+        adapter = path
+        names = list(
+            saved.objective_names or [f"objective_{i}" for i in range(saved.num_objectives)]
+        )
+        defaults = [f"data.objectives={json.dumps(names)}"]
+        if saved.base_model is not None:
+            defaults.append(f"model.name_or_path={json.dumps(saved.base_model)}")
+        cfg = load_config(None, [*defaults, *overrides])
+    else:
+        raise MoaError(
+            f"{source} is neither a run folder (with config.yaml) nor an adapter folder "
+            f"(with {ADAPTER_CONFIG})"
+        )
+    objectives = list(cfg.data.objectives)
+    if saved.objective_names is not None and list(saved.objective_names) != objectives:
+        raise MoaError(
+            f"the adapter at {adapter} has objectives {list(saved.objective_names)}, the run's "
+            f"config {objectives}"
+        )
+    adapter_version(adapter)  # its tensors are there
+    return ServedModel(cfg.model.name_or_path, cfg.model.dtype, objectives, adapter, cfg.serve)
+
+
+def deploy(served: ServedModel, timeout_s: float = 600.0) -> str:
+    """Deploy (or update in place) `served` on the connected Ray cluster; returns the base URL
+    once the app runs with this adapter. Other apps deployed from a config are kept."""
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    s = served.settings
+    client = serve_start(http_options={"host": s.host, "port": s.port})
+    others = [
+        app["deployed_app_config"]
+        for name, app in client.get_serve_details().get("applications", {}).items()
+        if name != s.app_name and app.get("deployed_app_config")
+    ]
+    config = {"applications": [*others, served.application()]}
+    client.deploy_apps(ServeDeploySchema.model_validate(config))
+    url = f"http://{'127.0.0.1' if s.host in ('0.0.0.0', '::') else s.host}:{s.port}"
+    _wait_until_serving(s.app_name, url, adapter_version(served.adapter), timeout_s)
+    return url
+
+
+def _wait_until_serving(app: str, url: str, version: str, timeout_s: float) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = serve.status().applications.get(app)
+        if status is not None and status.status == "DEPLOY_FAILED":
+            raise MoaError(f"deploying {app} failed: {status.message}")
+        if status is not None and status.status == "RUNNING":
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                    if json.load(response).get("adapter_version") == version:
+                        return
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+        if time.monotonic() > deadline:
+            detail = status.message if status is not None else "not deployed"
+            raise MoaError(f"{app} did not start serving within {timeout_s:.0f} s: {detail}")
+        time.sleep(0.5)

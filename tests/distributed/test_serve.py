@@ -1,0 +1,309 @@
+"""The steerable model over real HTTP on 127.0.0.1: answers equal offline generation at each λ,
+requests at different λ share batches, client mistakes get a 4xx naming the field, and a new
+adapter is loaded in place while requests are in flight."""
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+from ray import serve
+
+from orchestrator.data.encoding import encode_prompt
+from orchestrator.distributed.serve import deploy, served_model
+from orchestrator.model.adapter_io import adapter_version, load_adapter, save_adapter
+from orchestrator.model.generate import SamplingParams, generate
+from orchestrator.model.loading import load_model
+from orchestrator.model.svd_lora import inject_svd_lora
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
+
+PROMPTS = [
+    "How do I sharpen a kitchen knife?",
+    "How can I start a campfire?",
+    "What is a good way to learn to swim?",
+]
+LAMBDAS = [(1.0, 0.0), (0.7, 0.3), (0.5, 0.5), (0.2, 0.8), (0.0, 1.0)]
+MAX_TOKENS = 24
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _adapter(tiny_base_dir, perturb, directory, seed: int):
+    """A saved adapter large enough that λ changes the answers."""
+    model = inject_svd_lora(
+        load_model(str(tiny_base_dir)), 2, 4, 32, objective_names=("helpful", "harmless"), seed=0
+    )
+    perturb(model, seed=seed, std=0.05, scale=3.0)
+    save_adapter(model, directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_base_dir, perturb, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve-adapters")
+    return [
+        _adapter(tiny_base_dir, perturb, root / name, seed) for name, seed in (("a", 1), ("b", 2))
+    ]
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return [
+        f"serve.port={_free_port()}",
+        f"serve.default_max_tokens={MAX_TOKENS}",
+        "serve.max_tokens=64",
+        "serve.max_prompt_tokens=48",
+        "serve.batch_wait_timeout_s=0.05",
+    ]
+
+
+@pytest.fixture(scope="module")
+def server(adapters, settings):
+    url = deploy(served_model(str(adapters[0]), settings))
+    yield url
+    serve.shutdown()
+
+
+def offline(tiny_base_dir, tokenizer, adapter, prompts, lambdas, max_tokens=MAX_TOKENS):
+    model = load_adapter(load_model(str(tiny_base_dir)), adapter)
+    return generate(model, tokenizer, prompts, lambdas, SamplingParams(max_new_tokens=max_tokens))
+
+
+def post(url: str, body, raw: bytes | None = None) -> tuple[int, dict | str]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            text = response.read().decode()
+            status = response.status
+    except urllib.error.HTTPError as err:
+        text, status = err.read().decode(), err.code
+    try:
+        return status, json.loads(text)
+    except json.JSONDecodeError:
+        return status, text
+
+
+def get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.load(response)
+
+
+def complete(server, prompt, lam, **extra):
+    body = {"prompt": prompt, "preference": list(lam), "temperature": 0, **extra}
+    status, answer = post(f"{server}/v1/completions", body)
+    assert status == 200, answer
+    return answer
+
+
+def test_completions_and_chat_equal_offline_greedy_generation_at_each_lambda(
+    server, adapters, tiny_base_dir, tokenizer
+):
+    prompts = [p for p in PROMPTS for _ in LAMBDAS]
+    lambdas = [lam for _ in PROMPTS for lam in LAMBDAS]
+    want = offline(tiny_base_dir, tokenizer, adapters[0], prompts, lambdas)
+    assert len(set(want[: len(LAMBDAS)])) > 2  # λ changes the answer
+    for prompt, lam, text in zip(prompts, lambdas, want, strict=True):
+        answer = complete(server, prompt, lam)
+        assert answer["choices"][0]["text"] == text
+        assert answer["preference"] == {"helpful": lam[0], "harmless": lam[1]}
+        assert answer["adapter_version"] == adapter_version(adapters[0])
+        chat = {
+            "messages": [{"role": "user", "content": prompt}],
+            "model": f"moa:{lam[0]},{lam[1]}",
+            "temperature": 0,
+        }
+        status, answer = post(f"{server}/v1/chat/completions", chat)
+        assert status == 200, answer
+        assert answer["choices"][0]["message"] == {"role": "assistant", "content": text}
+        assert answer["usage"]["prompt_tokens"] == len(encode_prompt(tokenizer, prompt, 48))
+
+
+def test_a_preference_map_and_the_default_preference(server, adapters, tiny_base_dir, tokenizer):
+    want = offline(tiny_base_dir, tokenizer, adapters[0], PROMPTS[:1] * 2, [(0.0, 1.0), (0.5, 0.5)])
+    as_map = {"prompt": PROMPTS[0], "preference": {"harmless": 1}, "temperature": 0}
+    assert post(f"{server}/v1/completions", as_map)[1]["choices"][0]["text"] == want[0]
+    default = {"prompt": PROMPTS[0], "temperature": 0}
+    assert post(f"{server}/v1/completions", default)[1]["choices"][0]["text"] == want[1]
+    unnormalised = {"prompt": PROMPTS[0], "preference": [3, 3], "normalize": True, "temperature": 0}
+    assert post(f"{server}/v1/completions", unnormalised)[1]["choices"][0]["text"] == want[1]
+
+
+def test_32_concurrent_requests_at_32_lambdas_are_batched_and_each_equals_its_offline_answer(
+    server, adapters, tiny_base_dir, tokenizer
+):
+    lambdas = [(i / 31, 1 - i / 31) for i in range(32)]
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(32)]
+    want = offline(tiny_base_dir, tokenizer, adapters[0], prompts, lambdas)
+    before = get(f"{server}/v1/stats")
+    with ThreadPoolExecutor(32) as threads:
+        answers = list(
+            threads.map(lambda args: complete(server, *args), zip(prompts, lambdas, strict=True))
+        )
+    assert [a["choices"][0]["text"] for a in answers] == want
+    after = get(f"{server}/v1/stats")
+    assert after["requests"] - before["requests"] == 32
+    assert after["batches"] - before["batches"] < 32
+    assert after["largest_batch"] > 1
+
+
+def test_a_streamed_chat_adds_up_to_the_whole_answer(server, adapters, tiny_base_dir, tokenizer):
+    [want] = offline(tiny_base_dir, tokenizer, adapters[0], PROMPTS[1:2], [(0.2, 0.8)])
+    body = {
+        "messages": [{"role": "user", "content": PROMPTS[1]}],
+        "preference": [0.2, 0.8],
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    status, text = post(f"{server}/v1/chat/completions", body)
+    assert status == 200
+    events = [line.removeprefix("data: ") for line in text.split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    content = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert content == want
+    assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert chunks[-1]["usage"]["completion_tokens"] >= 1
+
+
+def test_the_openai_client_steers_with_extra_body_or_the_model_name(
+    server, adapters, tiny_base_dir, tokenizer
+):
+    want = offline(tiny_base_dir, tokenizer, adapters[0], PROMPTS[:2], [(0.7, 0.3), (0.0, 1.0)])
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    chat = client.chat.completions.create(
+        model="moa",
+        messages=[{"role": "user", "content": PROMPTS[0]}],
+        temperature=0,
+        extra_body={"preference": {"helpful": 0.7, "harmless": 0.3}},
+    )
+    assert chat.choices[0].message.content == want[0]
+    completion = client.completions.create(model="moa:0,1", prompt=PROMPTS[1], temperature=0)
+    assert completion.choices[0].text == want[1]
+    stream = client.chat.completions.create(
+        model="moa:0.7,0.3",
+        messages=[{"role": "user", "content": PROMPTS[0]}],
+        temperature=0,
+        stream=True,
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == want[0]
+    assert [m.id for m in client.models.list()] == ["moa"]
+    with pytest.raises(openai.BadRequestError, match="sum to 1"):
+        client.completions.create(model="moa", prompt="hi", extra_body={"preference": [1, 1]})
+
+
+def test_a_seeded_sample_is_the_same_whatever_batch_it_lands_in(server):
+    body = {"prompt": PROMPTS[2], "preference": [0.5, 0.5], "temperature": 1.0, "seed": 7}
+    with ThreadPoolExecutor(8) as threads:
+        texts = list(threads.map(lambda _: post(f"{server}/v1/completions", body)[1], range(8)))
+    assert len({t["choices"][0]["text"] for t in texts}) == 1
+
+
+BAD_INPUTS = [
+    # (route, body or raw bytes, status, param, words in the message)
+    ("completions", {"prompt": "hi", "preference": [1.0]}, 400, "preference", "shape [2]"),
+    ("completions", {"prompt": "hi", "preference": [0.5, 0.3, 0.2]}, 400, "preference", "[2]"),
+    ("completions", {"prompt": "hi", "preference": [1.5, -0.5]}, 400, "preference", "non-negative"),
+    ("completions", b'{"prompt": "hi", "preference": [NaN, 1]}', 400, "preference", "finite"),
+    ("completions", b'{"prompt": "hi", "preference": [Infinity, 0]}', 400, "preference", "finite"),
+    ("completions", {"prompt": "hi", "preference": [0, 0]}, 400, "preference", "all be zero"),
+    ("completions", {"prompt": "hi", "preference": [0.6, 0.6]}, 400, "preference", "sum to 1"),
+    ("completions", {"prompt": "hi", "preference": {"funny": 1}}, 400, "preference", "funny"),
+    ("completions", {"prompt": "hi", "preference": "0.5,0.5"}, 400, "preference", "preference"),
+    ("completions", {"prompt": "hi", "model": "moa:0.5,x"}, 400, "model", "numbers"),
+    ("completions", {"prompt": "hi", "model": "moa:0.9,0.3"}, 400, "model", "sum to 1"),
+    ("completions", {"prompt": "hi", "model": "gpt-4"}, 404, "model", "not served"),
+    ("completions", {"prompt": "hi", "model": "moa:1,0", "preference": [1, 0]}, 400, "preference",
+     "not both"),
+    ("completions", {"prompt": "hi", "max_tokens": 0}, 400, "max_tokens", "between 1 and 64"),
+    ("completions", {"prompt": "hi", "max_tokens": 65}, 400, "max_tokens", "between 1 and 64"),
+    ("completions", {"prompt": "hi", "max_tokens": "ten"}, 400, "max_tokens", "max_tokens"),
+    ("completions", {"prompt": ""}, 400, "prompt", "empty"),
+    ("completions", {"prompt": "   "}, 400, "prompt", "empty"),
+    ("completions", {"prompt": "word " * 200}, 400, "prompt", "at most 48"),
+    ("completions", {}, 400, "prompt", "required"),
+    ("completions", b'{"prompt": "hi",', 400, None, "not valid JSON"),
+    ("completions", b"[1, 2]", 400, None, "JSON object"),
+    ("completions", {"prompt": "hi", "temperature": -1}, 400, "temperature", "temperature"),
+    ("completions", {"prompt": "hi", "top_p": 0}, 400, "top_p", "top_p"),
+    ("completions", {"prompt": "hi", "n": 2}, 400, "n", "n must be 1"),
+    ("completions", {"prompt": "hi", "stop": ["\n"]}, 400, "stop", "not supported"),
+    ("completions", {"prompt": "hi", "logprobs": 3}, 400, "logprobs", "unknown field"),
+    ("chat/completions", {"messages": []}, 400, "messages", "messages"),
+    ("chat/completions", {"messages": [{"role": "user", "content": ""}]}, 400, "messages",
+     "empty"),
+    ("chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages",
+     "messages"),
+    ("chat/completions", {"messages": [{"role": "user"}]}, 400, "messages", "required"),
+    ("chat/completions",
+     {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 1000}, 400,
+     "max_completion_tokens", "between 1 and 64"),
+]  # fmt: skip
+
+
+def test_bad_inputs_get_a_4xx_naming_the_field_and_the_server_stays_healthy(server):
+    for route, body, status, param, words in BAD_INPUTS:
+        raw = body if isinstance(body, bytes) else None
+        got, answer = post(f"{server}/v1/{route}", body, raw)
+        assert got == status, (body, answer)
+        error = answer["error"]
+        assert error["param"] == param, (body, error)
+        assert words in error["message"], (body, error)
+    assert get(f"{server}/health")["status"] == "ok"
+    assert complete(server, PROMPTS[0], (0.5, 0.5))["choices"][0]["finish_reason"] in (
+        "stop",
+        "length",
+    )
+
+
+def test_preferences_and_models_describe_what_is_served(server, adapters):
+    info = get(f"{server}/v1/preferences")
+    assert info["objectives"] == ["helpful", "harmless"]
+    assert info["default_preference"] == {"helpful": 0.5, "harmless": 0.5}
+    assert info["adapter_version"] == adapter_version(adapters[0])
+    assert get(f"{server}/v1/models")["data"][0]["id"] == "moa"
+
+
+def test_a_new_adapter_is_loaded_in_place_while_requests_are_in_flight(
+    server, adapters, settings, tiny_base_dir, tokenizer
+):
+    """Last in this file: it leaves adapter b served."""
+    old, new = (adapter_version(a) for a in adapters)
+    lambdas = [(i / 15, 1 - i / 15) for i in range(16)]
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(16)]
+    want = {
+        version: offline(tiny_base_dir, tokenizer, adapter, prompts, lambdas, 64)
+        for version, adapter in zip((old, new), adapters, strict=True)
+    }
+    before = get(f"{server}/v1/stats")
+    with ThreadPoolExecutor(16) as threads:
+        in_flight = [
+            threads.submit(complete, server, p, lam, max_tokens=64)
+            for p, lam in zip(prompts, lambdas, strict=True)
+        ]
+        deploy(served_model(str(adapters[1]), settings))  # returns once b answers
+        answers = [future.result() for future in in_flight]  # raises if any failed
+    for i, answer in enumerate(answers):
+        assert answer["choices"][0]["text"] == want[answer["adapter_version"]][i]
+    later = [
+        complete(server, p, lam, max_tokens=64)
+        for p, lam in zip(prompts[:4], lambdas[:4], strict=True)
+    ]
+    assert [a["adapter_version"] for a in later] == [new] * 4
+    assert [a["choices"][0]["text"] for a in later] == want[new][:4]
+    assert want[new][:4] != want[old][:4]
+    after = get(f"{server}/v1/stats")
+    assert after["replica"] == before["replica"]  # reconfigured, not restarted
+    assert after["batches"] > before["batches"]
+    assert get(f"{server}/v1/preferences")["adapter_version"] == new
