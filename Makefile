@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test serve lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(ARGS)
+
+# Serve a run on http://127.0.0.1:8000/v1 (default: the demo's run; `make demo` first).
+RUN ?= runs/demo
+serve: $(VENV)/.installed
+	$(BIN)/moa serve $(RUN) $(ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check orchestrator tests bench

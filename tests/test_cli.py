@@ -87,6 +87,10 @@ def test_errors_are_one_line_and_exit_2(capsys, tmp_path):
     assert "unknown field 'train.lr'" in capsys.readouterr().err
     assert main(["demo", "--quick", "eval.enabled=false"]) == 2
     assert "needs eval.enabled: true" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path)]) == 2
+    assert "neither a run folder" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "train.beta=1"]) == 2
+    assert "only serve.* and model.* overrides" in capsys.readouterr().err
 
 
 def test_demo_with_three_objectives_evaluates_a_simplex_lattice(quick_run, tmp_path, capsys):

@@ -4,9 +4,12 @@ adapter is loaded in place while requests are in flight."""
 
 import json
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import openai
 import pytest
@@ -189,6 +192,7 @@ def test_the_openai_client_steers_with_extra_body_or_the_model_name(
         extra_body={"preference": {"helpful": 0.7, "harmless": 0.3}},
     )
     assert chat.choices[0].message.content == want[0]
+    assert chat.model_extra["preference"] == {"helpful": 0.7, "harmless": 0.3}
     completion = client.completions.create(model="moa:0,1", prompt=PROMPTS[1], temperature=0)
     assert completion.choices[0].text == want[1]
     stream = client.chat.completions.create(
@@ -307,3 +311,24 @@ def test_a_new_adapter_is_loaded_in_place_while_requests_are_in_flight(
     assert after["replica"] == before["replica"]  # reconfigured, not restarted
     assert after["batches"] > before["batches"]
     assert get(f"{server}/v1/preferences")["adapter_version"] == new
+
+
+def test_moa_serve_detach_reloads_the_running_app_in_place(
+    server, adapters, settings, ray_session, tmp_path
+):
+    """After the in-place reload test: the CLI, against the same cluster, switches back to a."""
+    env = {**ray_session.env, "RAY_ADDRESS": ray_session.gcs_address}
+    replica = get(f"{server}/v1/stats")["replica"]
+    moa = str(Path(sys.executable).with_name("moa"))
+    done = subprocess.run(
+        [moa, "serve", str(adapters[0]), "--detach", *settings],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"serving {adapters[0]} as model 'moa' at {server}/v1" in done.stdout
+    assert get(f"{server}/v1/preferences")["adapter_version"] == adapter_version(adapters[0])
+    assert get(f"{server}/v1/stats")["replica"] == replica

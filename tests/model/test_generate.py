@@ -7,7 +7,13 @@ from torch import nn
 
 from orchestrator.data.encoding import encode_prompt
 from orchestrator.errors import MoaError
-from orchestrator.model.generate import SamplingParams, generate, generate_tokens
+from orchestrator.model.generate import (
+    Piece,
+    SamplingParams,
+    decode_steps,
+    generate,
+    generate_tokens,
+)
 from orchestrator.model.loading import load_model, load_tokenizer
 from orchestrator.model.svd_lora import (
     adapter_disabled,
@@ -155,6 +161,27 @@ def test_each_row_stops_at_its_own_max_new_tokens(model, tokenizer):
         out = generate_tokens(model, ids, mask, params, {-1}, tokenizer.pad_token_id)
     assert [len(row) for row in out] == limits
     assert all(out[r] == free[r][: limits[r]] for r in range(4))
+
+
+def test_decode_steps_say_how_each_row_finished_and_then_go_quiet(model, tokenizer):
+    free = free_run(model, tokenizer)
+    step = next(i for i in range(2, 8) if free[0][i] not in free[0][:i])
+    eos = free[0][step]
+    ids, mask = left_pad(tokenizer, PROMPTS[:2])
+    params = [SamplingParams(max_new_tokens=10), SamplingParams(max_new_tokens=3)]
+    if eos in free[1][:3]:
+        pytest.skip("row 1 writes the stand-in EOS early")
+    with preference(model, LAMBDAS[:2]):
+        steps = list(decode_steps(model, ids, mask, params, {eos}, tokenizer.pad_token_id))
+    row0 = [s[0] for s in steps]
+    assert [p.token for p in row0[:step]] == free[0][:step]
+    assert row0[step] == Piece(None, "stop")  # the stop token itself is not text
+    assert all(p is None for p in row0[step + 1 :])
+    row1 = [s[1] for s in steps]
+    assert [p.token for p in row1[:3]] == free[1][:3]
+    assert [p.finish for p in row1[:3]] == [None, None, "length"]
+    assert all(p is None for p in row1[3:])
+    assert len(steps) == max(step + 1, 3)  # decoding ends when every row has
 
 
 # --- sampling --------------------------------------------------------------------------------
