@@ -35,9 +35,9 @@ from orchestrator.data.encoding import chat_text, prompt_text
 from orchestrator.errors import MoaError
 from orchestrator.model.adapter_io import (
     ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
     adapter_version,
     load_adapter_tensors,
+    read_adapter,
     read_adapter_config,
 )
 from orchestrator.model.generate import (
@@ -113,12 +113,6 @@ class Answer:
 
 # Defined before the deployment class: Serve pickles it, with the globals it uses, when it is
 # decorated.
-def _read_adapter(path: str):
-    from safetensors.torch import load_file
-
-    return read_adapter_config(path), load_file(Path(path) / ADAPTER_WEIGHTS)
-
-
 api = FastAPI(title="moa: steerable model", docs_url=None, redoc_url=None)
 
 
@@ -146,10 +140,9 @@ class SteerableModel:
         self._decode.set_max_batch_size(live.max_batch_size)
         self._decode.set_batch_wait_timeout_s(live.batch_wait_timeout_s)
         loop = asyncio.get_running_loop()
-        version = await loop.run_in_executor(None, adapter_version, live.adapter)
+        config, tensors, version = await loop.run_in_executor(None, read_adapter, live.adapter)
         if self.adapter is not None and self.adapter[1] == version:
             return
-        config, tensors = await loop.run_in_executor(None, _read_adapter, live.adapter)
         names = list(config.objective_names or self.spec.objectives)
         if config.num_objectives != len(self.spec.objectives) or names != self.spec.objectives:
             raise MoaError(
@@ -208,12 +201,13 @@ class SteerableModel:
             sent = len(text)
 
     async def _answer(self, job: Job) -> Answer:
-        texts, tokens = [], 0
-        async for text, piece, version in self._stream(job):
-            texts.append(text)
-            tokens += piece.token is not None
+        """The whole answer, its text decoded once at the end."""
+        ids: list[int] = []
+        async for piece, version in self._decode(job):
+            if piece.token is not None:
+                ids.append(piece.token)
             last = (piece.finish, version)
-        return Answer("".join(texts), tokens, *last)
+        return Answer(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), *last)
 
     def _job(self, body: GenerationBody, content, render, field: str, lam: list[float]) -> Job:
         """The job answering `content` (a prompt, or chat messages) formatted by `render`."""
@@ -398,6 +392,7 @@ class ServedModel:
     dtype: str
     objectives: list[str]
     adapter: Path
+    adapter_version: str
     settings: ServeSection
 
     def replica_spec(self) -> ReplicaSpec:
@@ -484,8 +479,14 @@ def served_model(source: str, overrides: Sequence[str] = ()) -> ServedModel:
             f"the adapter at {adapter} has objectives {list(saved.objective_names)}, the run's "
             f"config {objectives}"
         )
-    adapter_version(adapter)  # its tensors are there
-    return ServedModel(cfg.model.name_or_path, cfg.model.dtype, objectives, adapter, cfg.serve)
+    return ServedModel(
+        cfg.model.name_or_path,
+        cfg.model.dtype,
+        objectives,
+        adapter,
+        adapter_version(adapter),
+        cfg.serve,
+    )
 
 
 def deploy(served: ServedModel, timeout_s: float = 600.0) -> str:
@@ -504,7 +505,7 @@ def deploy(served: ServedModel, timeout_s: float = 600.0) -> str:
     config = {"applications": [*others, served.application()]}
     client.deploy_apps(ServeDeploySchema.model_validate(config))
     url = f"http://{'127.0.0.1' if s.host in ('0.0.0.0', '::') else s.host}:{s.port}"
-    _wait_until_serving(s.app_name, url, adapter_version(served.adapter), timeout_s)
+    _wait_until_serving(s.app_name, url, served.adapter_version, timeout_s)
     return url
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from torch import nn
 
 from orchestrator.atomic import atomic_directory
@@ -44,10 +44,18 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
 
 def adapter_version(directory: str | os.PathLike) -> str:
     """A short content hash of a saved adapter's tensors: equal adapters, equal versions."""
+    return _version(_weights_bytes(directory))
+
+
+def _weights_bytes(directory: str | os.PathLike) -> bytes:
     weights = Path(directory) / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise MoaError(f"no SVD-LoRA adapter at {directory}: {ADAPTER_WEIGHTS} is missing")
-    return hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    return weights.read_bytes()
+
+
+def _version(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:12]
 
 
 def read_adapter_config(directory: str | os.PathLike) -> SVDLoRAConfig:
@@ -68,15 +76,23 @@ def read_adapter_config(directory: str | os.PathLike) -> SVDLoRAConfig:
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """Load a saved adapter into `model`, injecting SVD-LoRA first if the model has none."""
-    saved = read_adapter_config(directory)
-    weights = Path(directory) / ADAPTER_WEIGHTS
-    if not weights.is_file():
-        raise MoaError(f"no SVD-LoRA adapter at {directory}: {ADAPTER_WEIGHTS} is missing")
+    config, tensors, _ = read_adapter(directory)
+    return load_adapter_tensors(model, config, tensors, source=f"adapter at {directory}")
+
+
+def read_adapter(
+    directory: str | os.PathLike,
+) -> tuple[SVDLoRAConfig, dict[str, torch.Tensor], str]:
+    """(config, tensors, version) of a saved adapter, its tensors file read once."""
+    config = read_adapter_config(directory)
+    data = _weights_bytes(directory)
     try:
-        tensors = load_file(weights)
+        tensors = load(data)
     except (SafetensorError, OSError) as err:
-        raise MoaError(f"could not read the adapter tensors in {weights}: {err}") from None
-    return load_adapter_tensors(model, saved, tensors, source=f"adapter at {directory}")
+        raise MoaError(
+            f"could not read the adapter tensors in {Path(directory) / ADAPTER_WEIGHTS}: {err}"
+        ) from None
+    return config, tensors, _version(data)
 
 
 def load_adapter_tensors(
