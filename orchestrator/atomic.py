@@ -3,7 +3,7 @@
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,13 +34,24 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    _atomic_file(path, "w", lambda handle: handle.write(text))
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: object) -> None:
+    """torch.save, atomically."""
+    import torch
+
+    _atomic_file(path, "wb", lambda handle: torch.save(obj, handle))
+
+
+def _atomic_file(path: str | os.PathLike, mode: str, write: Callable) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     os.chmod(tmp, 0o666 & ~_umask())
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -42,6 +42,24 @@ def main(argv: list[str] | None = None) -> int:
         "sipo.init_from names a finished run)",
     )
 
+    _add_run_command(
+        commands,
+        "spo",
+        "SPO: align the objectives one after another (spo.order), each stage anchored on the last",
+    )
+
+    compare = commands.add_parser(
+        "compare",
+        help="train Panacea (LS, Tche), SPO, SIPO, DPO soups, DPS and MODPO on the built-in task "
+        "for each seed of compare.seeds and write one table and one picture (run it again to "
+        "resume)",
+    )
+    compare.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
+    compare.add_argument(
+        "--overwrite", action="store_true", help="replace a comparison with another config"
+    )
+    compare.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
     serve = commands.add_parser(
         "serve",
         help="serve a steerable model on Ray Serve: an OpenAI-compatible API with a preference "
@@ -83,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             _train(args.config, args.resume, args.overwrite, args.overrides)
         elif args.command == "sipo":
             _sipo(args.config, args.resume, args.overwrite, args.overrides)
+        elif args.command == "spo":
+            _spo(args.config, args.resume, args.overwrite, args.overrides)
+        elif args.command == "compare":
+            _compare(args.config, args.overwrite, args.overrides)
         elif args.command == "serve":
             _serve(args.source, args.detach, args.overrides)
         elif args.command == "eval":
@@ -153,6 +175,34 @@ def _sipo(config: str | None, resume: str | None, overwrite: bool, overrides: li
             )
         print(line)
     print(f"run folder {result.run_dir} (report.md, fronts.png, adapter/)")
+
+
+def _spo(config: str | None, resume: str | None, overwrite: bool, overrides: list[str]):
+    from orchestrator.spo_workflow import resume_spo, run_spo
+
+    cfg = _run_config(config, resume, overrides)
+    result = resume_spo(resume) if cfg is None else run_spo(cfg, overwrite=overwrite)
+    for stage in result.stages:
+        print(
+            f"stage {stage['stage']}: {stage['objective']} (β {stage['beta']:g}), "
+            f"{stage['seconds']:.0f} s"
+        )
+    if result.front is not None:
+        metrics = result.front.metrics()
+        print(
+            f"hypervolume {metrics['hypervolume']:.4f}, inner product "
+            f"{metrics['inner_product']:.4f}; {result.run_dir / 'eval' / 'front.png'}"
+        )
+    print(f"run folder {result.run_dir} (adapter/, spo.json)")
+
+
+def _compare(config: str | None, overwrite: bool, overrides: list[str]) -> None:
+    from orchestrator.compare import render_table, run_compare
+
+    cfg = _run_config(config, None, overrides)
+    result = run_compare(cfg, overwrite=overwrite)
+    print(render_table(result.table, cfg))
+    print(f"written: {result.out_dir / 'report.md'}, {result.out_dir / 'fronts.png'}")
 
 
 def _serve(source: str, detach: bool, overrides: list[str]) -> None:

@@ -81,6 +81,12 @@ class TrainSection(Section):
     # adapter training started from (adapter.init_from), frozen, at the step's λ: SIPO's
     # re-alignment anchored on the current policy. It depends on λ, so it is computed per step.
     reference: Literal["base", "initial"] = "base"
+    # A fixed λ for every step instead of one sampled per step: a model for one trade-off (DPS;
+    # and the λ the adapter runs at for the single-objective baselines).
+    preference: list[float] | None = None
+    # Train this objective's loss alone instead of aggregating all of them (a DPO expert, an SPO
+    # stage, MODPO's main objective); its λ defaults to the objective's vertex e_i.
+    objective: str | None = None
     seed: int = 0
     log_every: Count = 10
 
@@ -194,6 +200,38 @@ class SIPOSection(Section):
         return self
 
 
+class SPOSection(Section):
+    """SPO (`moa spo`): one objective after another, stage k anchored on stage k−1 (ALGORITHMS.md
+    §2). Stage k minimises −log σ(β_k·h_{π/π_{k−1}} − Σ_{j<k} w_j·β_j·h_{π_j/π_{j−1}}), π_0 = π_ref:
+    the margin is the earlier stages' implicit rewards, so pairs that conflict with them weigh
+    less. Each stage trains `train.max_steps` steps with the adapter at λ = e of the first
+    objective (a fixed-λ adapter is an ordinary LoRA; the value only parametrises it)."""
+
+    order: list[str] | None = None  # the objectives in stage order; default: data.objectives
+    betas: list[Positive] | None = None  # β_k per stage; default: train.beta for every stage
+    # w_j: how much of stage j's implicit reward later stages keep (one per stage but the last).
+    margin_weights: list[Annotated[float, Field(ge=0.0)]] | None = None
+
+
+class CompareSection(Section):
+    """`moa compare`: every method on the same task, budget, λ grid and reference point."""
+
+    methods: list[
+        Literal["panacea_ls", "panacea_tche", "spo", "sipo", "dpo_soups", "dps", "modpo"]
+    ] = ["panacea_ls", "panacea_tche", "spo", "sipo", "dpo_soups", "dps", "modpo"]
+    seeds: list[int] = [0, 1, 2]  # train.seed of every model (data and evaluation stay fixed)
+    # The λ grid every method is evaluated on; DPS and MODPO train one model per point of it.
+    grid_divisions: Count = 4
+
+    @model_validator(mode="after")
+    def _check(self) -> "CompareSection":
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods must be distinct and not empty; got {self.methods}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and not empty; got {self.seeds}")
+        return self
+
+
 class ServeSection(Section):
     """The steerable model on Ray Serve (`moa serve`): an OpenAI-compatible API, λ per request."""
 
@@ -249,6 +287,8 @@ class RunConfig(Section):
     checkpoint: CheckpointSection = CheckpointSection()
     logging: LoggingSection = LoggingSection()
     sipo: SIPOSection = SIPOSection()
+    spo: SPOSection = SPOSection()
+    compare: CompareSection = CompareSection()
     serve: ServeSection = ServeSection()
     output_dir: str = "runs/panacea"
 
@@ -283,6 +323,8 @@ class RunConfig(Section):
                 "train.reference: initial keeps a frozen copy of the whole adapter on each "
                 "worker, which deepspeed zero_stage 3 partitions; use zero_stage 2 or ddp"
             )
+        self._check_fixed_preference()
+        self._check_spo()
         sipo = self.sipo
         if sipo.judge == "reward_models" and set(sipo.reward_models) != set(self.data.objectives):
             raise ValueError(
@@ -307,6 +349,42 @@ class RunConfig(Section):
                 f"for {len(self.data.objectives)} objectives"
             )
         return self
+
+    def _check_fixed_preference(self) -> None:
+        objectives, train = self.data.objectives, self.train
+        if train.objective is not None and train.objective not in objectives:
+            raise ValueError(f"train.objective {train.objective!r} is not one of {objectives}")
+        if train.preference is not None:
+            try:
+                validate_preference(train.preference, len(objectives))
+            except MoaError as err:
+                raise ValueError(f"train.preference: {err}") from None
+
+    def _check_spo(self) -> None:
+        objectives, spo = self.data.objectives, self.spo
+        order = spo.order or objectives
+        if sorted(order) != sorted(objectives):
+            raise ValueError(
+                f"spo.order must list each objective of {objectives} once; got {spo.order}"
+            )
+        if spo.betas is not None and len(spo.betas) != len(order):
+            raise ValueError(f"spo.betas needs one β per stage ({len(order)}); got {spo.betas}")
+        weights = spo.margin_weights
+        if weights is not None and len(weights) != len(order) - 1:
+            raise ValueError(
+                f"spo.margin_weights needs one weight per stage but the last "
+                f"({len(order) - 1}); got {weights}"
+            )
+
+    @property
+    def fixed_preference(self) -> list[float] | None:
+        """The λ every step trains at: train.preference, else the vertex of train.objective,
+        else None (sampled per step, Panacea)."""
+        train = self.train
+        if train.preference is not None or train.objective is None:
+            return train.preference
+        index = self.data.objectives.index(train.objective)
+        return [float(i == index) for i in range(len(self.data.objectives))]
 
 
 def build_config(data: dict[str, Any]) -> RunConfig:

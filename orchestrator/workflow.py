@@ -5,11 +5,13 @@ Everything a run writes lands in its run folder:
   metrics.jsonl    one line per logged training step
   tensorboard/     the same metrics as TensorBoard events
   checkpoints/     Ray Train's checkpoints (the last checkpoint.keep), for resuming
+  train.json       the training's wall time, written last (train_model: the model is done)
   best/            the adapter with the highest in-training hypervolume, and best.json
   adapter/         the trained SVD-LoRA adapter (load_adapter)
   eval/            front.json, front.png, report.md
 """
 
+import json
 import random
 import shutil
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ import torch
 import yaml
 
 from orchestrator.atomic import atomic_write_text
-from orchestrator.config import RunConfig, load_config
+from orchestrator.config import RunConfig, build_config, load_config
 from orchestrator.data.assistant_task import AssistantTask
 from orchestrator.data.sources import load_training_pairs
 from orchestrator.errors import MoaError
@@ -41,6 +43,7 @@ RUN_OUTPUTS = (
     "best",
     "checkpoints",
     "tensorboard",
+    "train.json",
 )
 
 
@@ -112,6 +115,42 @@ def run_panacea(cfg: RunConfig, *, progress: bool = True, overwrite: bool = Fals
     pairs = check_training_inputs(cfg)
     run_dir = prepare_run_dir(cfg)
     return _finish(cfg, run_dir, train(cfg, run_dir, pairs, progress=progress))
+
+
+def train_model(
+    cfg: RunConfig, pairs, *, margins: torch.Tensor | None = None, progress: bool = True
+) -> tuple[Path, float]:
+    """(adapter, training seconds) of the model `cfg` describes, trained into cfg.output_dir
+    unless it is there already: a finished folder (train.json) is reused, a stopped one continues
+    from its last checkpoint. A folder that holds another config is refused, not mixed."""
+    from orchestrator.distributed.train import train
+
+    run_dir = Path(cfg.output_dir)
+    record = run_dir / "train.json"
+    if (run_dir / "config.yaml").is_file():
+        if load_config(run_dir / "config.yaml") != cfg:
+            raise MoaError(
+                f"{run_dir} holds a run with another config; remove it or choose another folder"
+            )
+        if record.is_file():
+            return run_dir / "adapter", json.loads(record.read_text())["train_seconds"]
+    else:
+        prepare_run_dir(cfg)
+    seconds = train(cfg, run_dir, pairs, progress=progress, margins=margins)
+    atomic_write_text(record, json.dumps({"train_seconds": seconds}))
+    return run_dir / "adapter", seconds
+
+
+def derived_config(cfg: RunConfig, output_dir: Path, **train: object) -> RunConfig:
+    """`cfg` with these train.* fields, trained into `output_dir`, without evaluation: one model
+    of a multi-model method (an SPO stage, an expert, a DPS or MODPO model). `init_from` sets
+    adapter.init_from."""
+    data = cfg.model_dump()
+    data["adapter"]["init_from"] = train.pop("init_from", cfg.adapter.init_from)
+    data["train"].update(train)
+    data["eval"].update(enabled=False, every=0)
+    data["output_dir"] = str(output_dir)
+    return build_config(data)
 
 
 def resume_panacea(run_dir: str | Path, *, progress: bool = True) -> RunResult:

@@ -78,7 +78,8 @@ def objective_losses(
     """Per-objective losses [m] of one micro-batch with the model at preference λ.
 
     `normalizer` [m]: the non-tie pairs per objective of the whole optimizer step, so that the
-    micro-batches' losses add up to the step's means (default: this batch's own counts).
+    micro-batches' losses add up to the step's means (default: this batch's own counts). A batch
+    with "margins" [B, m] subtracts them from each objective's DPO logit.
     """
     with preference(model, pref):
         logp_a, logp_b, len_a, len_b = policy_logprobs(model, batch)
@@ -99,6 +100,7 @@ def objective_losses(
         lengths_a=len_a,
         lengths_b=len_b,
         normalizer=normalizer,
+        margins=batch.get("margins"),
     )
 
 
@@ -138,6 +140,10 @@ class PanaceaTrainer:
     the objectives by the aggregation's gradient at the global means. The model runs in eval mode
     (dropout off, as TRL does by default), so policy and reference see the same network.
     `engine` (default: one process) owns the optimizer and combines the ranks' gradients.
+
+    The baselines are the same trainer with fewer degrees of freedom: `preference` fixes λ for
+    every step (RunConfig.fixed_preference), `objective` (an index) trains that objective's loss
+    alone, and `margins` [pairs, m] are subtracted from each objective's DPO logit per pair.
     """
 
     def __init__(
@@ -147,6 +153,10 @@ class PanaceaTrainer:
         pad_id: int,
         cfg: TrainSection,
         engine: LocalEngine | None = None,
+        *,
+        preference: list[float] | None = None,
+        objective: int | None = None,
+        margins: torch.Tensor | None = None,
     ):
         if not pairs:
             raise MoaError("there are no training pairs: the training split is empty")
@@ -155,6 +165,14 @@ class PanaceaTrainer:
         self.num_objectives = len(pairs[0].signs)
         self.device = self.engine.parameters[0].device
         self.sampler = PreferenceSampler(self.num_objectives, cfg.vertex_probability, cfg.seed)
+        self.fixed_preference = None if preference is None else torch.tensor(preference)
+        self.objective = objective
+        if margins is not None and margins.shape != (len(pairs), self.num_objectives):
+            raise MoaError(
+                f"margins must have shape [{len(pairs)}, {self.num_objectives}] (pairs, "
+                f"objectives); got {list(margins.shape)}"
+            )
+        self.margins = margins
         self.reference: torch.Tensor | None = None
         if cfg.reference == "initial":
             freeze_anchor(model)  # before a checkpoint moves the adapter on
@@ -175,14 +193,18 @@ class PanaceaTrainer:
         return divmod(self.step, steps_per_epoch(len(self.pairs), self.global_batch))
 
     def precompute_reference(self, progress: bool = False) -> None:
-        """Reference log-probs of every pair, once: the base model never changes. Each rank
-        computes an equal share (wrapping around at the end) and all ranks gather the whole."""
+        """Reference log-probs of every pair, once: the anchor never changes (the base model, or
+        the frozen initial adapter at a fixed λ). Each rank computes an equal share (wrapping
+        around at the end) and all ranks gather the whole."""
         size, total, ranks = self.cfg.batch_size, len(self.pairs), self.engine.world_size
         share = -(-total // ranks)
         mine = [(self.engine.rank * share + i) % total for i in range(share)]
         chunks = [mine[i : i + size] for i in range(0, share, size)]
+        anchor = None
+        if self.fixed_preference is not None:
+            anchor = anchor_preference(self.cfg, self.fixed_preference.to(self.device))
         parts = [
-            reference_logprobs(self.model, self._collate(chunk))
+            reference_logprobs(self.model, self._collate(chunk), anchor)
             for chunk in tqdm(chunks, desc="reference log-probs", disable=not progress)
         ]
         gathered = self.engine.all_gather(torch.cat(parts))
@@ -193,6 +215,8 @@ class PanaceaTrainer:
         batch = collate_pairs([self.pairs[i] for i in indices], self.pad_id)
         if self.reference is not None:
             batch["reference_logps"] = self.reference[indices]
+        if self.margins is not None:
+            batch["margins"] = self.margins[indices]
         return {name: tensor.to(self.device) for name, tensor in batch.items()}
 
     def _training_batch(self, indices, pref: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -209,7 +233,7 @@ class PanaceaTrainer:
         was_training = self.model.training
         self.model.eval()
         cfg, engine = self.cfg, self.engine
-        pref = self.sampler.sample(self.step).to(self.device)
+        pref = self.preference_at(self.step).to(self.device)
         indices = step_indices(len(self.pairs), self.global_batch, cfg.seed, self.step)
         counts = non_tie_counts(torch.tensor([self.pairs[i].signs for i in indices])).to(
             self.device
@@ -225,7 +249,8 @@ class PanaceaTrainer:
         # are not, so when the step is cut, find its means first, then weight each objective by
         # the aggregation's gradient there.
         weights = None
-        if len(batches) * engine.world_size > 1 and cfg.aggregation != "ls":
+        aggregated = self.objective is None and cfg.aggregation != "ls"
+        if len(batches) * engine.world_size > 1 and aggregated:
             with torch.no_grad():
                 means = sum(objective_losses(engine.module, b, pref, cfg, counts) for b in batches)
             means = engine.all_reduce_sum(means)
@@ -235,10 +260,7 @@ class PanaceaTrainer:
             last = i == len(batches) - 1
             with engine.micro_batch(last):
                 losses = objective_losses(engine.module, batch, pref, cfg, counts)
-                if weights is None:
-                    loss = aggregate(losses, pref, cfg.aggregation, mu=cfg.stch_mu)
-                else:
-                    loss = (weights * losses).sum()
+                loss = self.aggregate(losses, pref) if weights is None else weights @ losses
                 engine.backward(loss, last)
             per_objective += losses.detach()
         compute_done = time.perf_counter()
@@ -252,7 +274,7 @@ class PanaceaTrainer:
         end = time.perf_counter()
         return StepResult(
             step=self.step,
-            loss=aggregate(per_objective, pref, cfg.aggregation, mu=cfg.stch_mu).item(),
+            loss=self.aggregate(per_objective, pref).item(),
             objective_losses=per_objective.tolist(),
             preference=pref.tolist(),
             learning_rate=learning_rate,
@@ -262,6 +284,18 @@ class PanaceaTrainer:
             compute_seconds=compute_done - data_done,
             optimizer_seconds=end - compute_done,
         )
+
+    def preference_at(self, step: int) -> torch.Tensor:
+        """λ of step `step`: the fixed one, or a draw that depends only on (seed, step)."""
+        if self.fixed_preference is not None:
+            return self.fixed_preference
+        return self.sampler.sample(step)
+
+    def aggregate(self, losses: torch.Tensor, pref: torch.Tensor) -> torch.Tensor:
+        """The loss trained on: the one objective's, or the aggregation of all at λ."""
+        if self.objective is not None:
+            return losses[self.objective]
+        return aggregate(losses, pref, self.cfg.aggregation, mu=self.cfg.stch_mu)
 
     def train(
         self, progress: bool = True, on_step: Callable[[StepResult], None] | None = None
@@ -285,12 +319,9 @@ class PanaceaTrainer:
 
     def prepare(self, progress: bool = False) -> None:
         """Work done once before the first step: the reference log-probs, when precomputed (the
-        base model's only: the initial adapter's depend on each step's λ)."""
+        base model's, or the initial adapter's at a fixed λ; with λ sampled per step, the
+        initial adapter's depend on the step)."""
         cfg = self.cfg
-        if (
-            cfg.loss == "dpo"
-            and cfg.precompute_reference
-            and cfg.reference == "base"
-            and self.reference is None
-        ):
+        fixed = cfg.reference == "base" or self.fixed_preference is not None
+        if cfg.loss == "dpo" and cfg.precompute_reference and fixed and self.reference is None:
             self.precompute_reference(progress)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import ray
 import ray.train
+import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -34,9 +35,16 @@ BEST = "best"
 FAULT_ENV = "MOA_FAULT_AT_STEP"  # "STEP[:RANK]": that rank fails once before STEP (tests)
 
 
-def train(cfg: RunConfig, run_dir: Path, pairs: PairDataset, progress: bool = True) -> float:
+def train(
+    cfg: RunConfig,
+    run_dir: Path,
+    pairs: PairDataset,
+    progress: bool = True,
+    margins: torch.Tensor | None = None,
+) -> float:
     """Run (or continue) the training of `run_dir` on Ray Train; returns the wall time in
-    seconds. The final adapter is written to RUN_DIR/adapter."""
+    seconds. The final adapter is written to RUN_DIR/adapter. `margins` [pairs, objectives]:
+    per-pair DPO margins (MODPO, SPO), precomputed by the caller."""
     ensure_ray()
     scaling = cfg.scaling
     trainer = TorchTrainer(
@@ -45,6 +53,7 @@ def train(cfg: RunConfig, run_dir: Path, pairs: PairDataset, progress: bool = Tr
             "config": worker_config(cfg),
             "run_dir": str(run_dir.resolve()),
             "pairs": pairs,
+            "margins": margins,
             "progress": progress,
             "fault": os.environ.get(FAULT_ENV),
         },
@@ -108,7 +117,17 @@ def train_loop(config: dict) -> None:
         tokenizer, config["pairs"], cfg.data.max_prompt_tokens, cfg.data.max_response_tokens
     )
     engine = build_engine(model, cfg.train, cfg.scaling.strategy, cfg.scaling.deepspeed)
-    trainer = PanaceaTrainer(model, encoded, tokenizer.pad_token_id, cfg.train, engine)
+    objective = cfg.train.objective
+    trainer = PanaceaTrainer(
+        model,
+        encoded,
+        tokenizer.pad_token_id,
+        cfg.train,
+        engine,
+        preference=cfg.fixed_preference,
+        objective=None if objective is None else cfg.data.objectives.index(objective),
+        margins=config["margins"],
+    )
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:

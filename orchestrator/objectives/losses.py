@@ -86,12 +86,15 @@ def per_objective_dpo_losses(
     lengths_a: torch.Tensor | None = None,
     lengths_b: torch.Tensor | None = None,
     normalizer: torch.Tensor | None = None,
+    margins: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DPO loss of each objective on one shared batch of pairs (a, b): shape [m].
 
     signs [B, m]: +1 where objective i prefers a, −1 where it prefers b, 0 for a tie. Objective
     i's loss is the mean of preference_loss over its non-tie pairs; with nll_weight 0 that is
-    mean −log σ(β·s_i·h). An objective with only ties gets 0, still attached to the graph.
+    mean −log σ(β·s_i·h − margin). An objective with only ties gets 0, still attached to the graph.
+    margins [B, m] (default 0): subtracted from objective i's logit, in the orientation of the
+    response objective i prefers (MODPO's and SPO's margins).
     lengths_a/lengths_b are required when nll_weight > 0. `normalizer` [m]: divide the sums by
     these counts instead of this batch's non-tie counts, e.g. by the non-tie pairs of a whole
     optimizer step, so that the losses of its micro-batches add up to the step's mean.
@@ -101,6 +104,10 @@ def per_objective_dpo_losses(
         raise MoaError(
             f"signs must have shape [batch, objectives] and the log-probs shape [batch]; got "
             f"signs {list(signs.shape)} and log-probs {list(policy_a.shape)}"
+        )
+    if margins is not None and margins.shape != signs.shape:
+        raise MoaError(
+            f"margins must have the shape of signs {list(signs.shape)}; got {list(margins.shape)}"
         )
     if not ((signs == 1) | (signs == 0) | (signs == -1)).all():
         raise MoaError("signs must hold only +1 (prefers a), -1 (prefers b) or 0 (tie)")
@@ -123,6 +130,7 @@ def per_objective_dpo_losses(
         reference_chosen,
         reference_rejected,
         beta=beta,
+        margin=0.0 if margins is None else margins,
         nll_weight=nll_weight,
         chosen_lengths=chosen_lengths,
     )

@@ -1,0 +1,138 @@
+"""The baselines users compare a steerable model against, each a set of ordinary fixed-λ models
+trained by the same Ray Train trainer (ALGORITHMS.md §4):
+
+  DPO experts   one model per objective: DPO on its labels alone (train.objective)
+  DPO soups     the experts' weight updates interpolated by λ (algorithms/soups.py); no training
+  DPS           one model per λ of the grid: the aggregated loss at that fixed λ
+  MODPO         one model per λ: DPO on the main objective with the others' expert rewards as
+                a margin (algorithms/modpo.py)
+
+At a vertex e_i, DPS and MODPO are the expert of objective i, which is reused, not trained again.
+Each model lands in its own folder through train_model, so a stopped comparison resumes.
+"""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from orchestrator.algorithms.modpo import main_objective, modpo_beta, modpo_margins
+from orchestrator.atomic import atomic_torch_save
+from orchestrator.config import RunConfig
+from orchestrator.data.schema import PairDataset
+from orchestrator.distributed.logprobs import pair_logprobs
+from orchestrator.workflow import derived_config, train_model
+
+Key = tuple[float, ...]
+
+
+@dataclass
+class TrainedModel:
+    adapter: Path
+    preference: Key  # the λ it was trained at (and runs at)
+    seconds: float  # its training's wall time, margins included
+
+
+def vertex(cfg: RunConfig, objective: str) -> Key:
+    index = cfg.data.objectives.index(objective)
+    return tuple(float(i == index) for i in range(len(cfg.data.objectives)))
+
+
+def folder_name(lam: Key) -> str:
+    return "lambda_" + "_".join(f"{x:.3f}" for x in lam)
+
+
+def expert_config(cfg: RunConfig, objective: str, out_dir: Path, **train) -> RunConfig:
+    """DPO on one objective's labels, the adapter at its vertex (also SPO's first stage)."""
+    return derived_config(cfg, out_dir, objective=objective, preference=None, **train)
+
+
+def train_experts(
+    cfg: RunConfig, pairs: PairDataset, root: Path, progress: bool = True
+) -> dict[str, TrainedModel]:
+    experts = {}
+    for objective in cfg.data.objectives:
+        config = expert_config(cfg, objective, root / objective)
+        adapter, seconds = train_model(config, pairs, progress=progress)
+        experts[objective] = TrainedModel(adapter, vertex(cfg, objective), seconds)
+    return experts
+
+
+def _vertex_expert(cfg: RunConfig, lam: Key, experts: dict[str, TrainedModel]):
+    """The expert that λ is the vertex of, if it is one."""
+    if max(lam) == 1.0:
+        return experts[cfg.data.objectives[lam.index(1.0)]]
+    return None
+
+
+def train_dps(
+    cfg: RunConfig,
+    pairs: PairDataset,
+    root: Path,
+    grid: list[Key],
+    experts: dict[str, TrainedModel],
+    progress: bool = True,
+) -> dict[Key, TrainedModel]:
+    """One model per λ of the grid, trained on the aggregated loss at that λ."""
+    models = {}
+    for lam in grid:
+        models[lam] = _vertex_expert(cfg, lam, experts)
+        if models[lam] is None:
+            config = derived_config(cfg, root / folder_name(lam), preference=list(lam))
+            adapter, seconds = train_model(config, pairs, progress=progress)
+            models[lam] = TrainedModel(adapter, lam, seconds)
+    return models
+
+
+def train_modpo(
+    cfg: RunConfig,
+    pairs: PairDataset,
+    root: Path,
+    grid: list[Key],
+    experts: dict[str, TrainedModel],
+    progress: bool = True,
+) -> tuple[dict[Key, TrainedModel], float]:
+    """(one MODPO model per λ of the grid, seconds spent on the margins). The margins come from
+    the experts' implicit rewards β·(log π_j − log π_ref), computed once per dataset."""
+    rewards, reward_seconds = expert_rewards(cfg, pairs, root / "rewards.pt", experts)
+    signs = torch.tensor([pair.signs(cfg.data.objectives) for pair in pairs])
+    models = {}
+    for lam in grid:
+        models[lam] = _vertex_expert(cfg, lam, experts)
+        if models[lam] is None:
+            weights = list(lam)
+            config = derived_config(
+                cfg,
+                root / folder_name(lam),
+                objective=cfg.data.objectives[main_objective(weights)],
+                preference=weights,
+                beta=modpo_beta(cfg.train.beta, weights),
+            )
+            margins = modpo_margins(rewards, signs, weights)
+            adapter, seconds = train_model(config, pairs, margins=margins, progress=progress)
+            models[lam] = TrainedModel(adapter, lam, seconds)
+    return models, reward_seconds
+
+
+def expert_rewards(
+    cfg: RunConfig, pairs: PairDataset, path: Path, experts: dict[str, TrainedModel]
+) -> tuple[torch.Tensor, float]:
+    """([N, 2, m] each expert's implicit reward of each pair's responses, seconds), kept at
+    `path` once computed."""
+    if path.is_file():
+        saved = torch.load(path)
+        return saved["rewards"], saved["seconds"]
+    start = time.perf_counter()
+    reference = pair_logprobs(cfg, pairs, None)
+    rewards = torch.stack(
+        [
+            cfg.train.beta
+            * (pair_logprobs(cfg, pairs, expert.adapter, list(expert.preference)) - reference)
+            for expert in experts.values()
+        ],
+        dim=-1,
+    )
+    seconds = time.perf_counter() - start
+    atomic_torch_save(path, {"rewards": rewards, "seconds": seconds})
+    return rewards, seconds

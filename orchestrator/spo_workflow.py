@@ -1,0 +1,167 @@
+"""SPO on Ray: the objectives aligned one after another, stage k anchored on stage k−1
+(ALGORITHMS.md §2, algorithms/spo.py).
+
+Stage 1 is DPO on the first objective against π_ref. Stage k starts from stage k−1's adapter,
+keeps a frozen copy of it as the DPO anchor (train.reference: initial; its log-probs are
+precomputed once, since λ is fixed) and subtracts the earlier stages' implicit-reward margin.
+The adapter runs at one fixed λ throughout, so each stage's model is a plain LoRA on the one base
+model: no second copy of the base is loaded. Each stage is resumable from its own folder:
+
+  RUN_DIR/config.yaml           the resolved configuration
+  RUN_DIR/logprobs/stage_K.pt   every pair's response log-probs under π_K (π_0 = π_ref): the
+                                margins' frozen inputs, computed once
+  RUN_DIR/stage_K/              stage K's Ray Train run (its objective: spo.order[K−1])
+  RUN_DIR/adapter/              the last stage's adapter
+  RUN_DIR/spo.json              per stage: objective, β, margin weight, seconds
+  RUN_DIR/eval/                 its point on the λ grid (one model: the same at every λ)
+"""
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from orchestrator.algorithms.spo import spo_margins
+from orchestrator.atomic import atomic_directory, atomic_torch_save, atomic_write_text
+from orchestrator.baselines import expert_config, vertex
+from orchestrator.config import RunConfig, load_config
+from orchestrator.data.schema import PairDataset
+from orchestrator.distributed.logprobs import pair_logprobs
+from orchestrator.errors import MoaError
+from orchestrator.evaluation.answerers import grouped_answerer, one_model
+from orchestrator.evaluation.front import Front
+from orchestrator.evaluation.report import write_front
+from orchestrator.workflow import (
+    build_model,
+    check_run_dir,
+    check_training_inputs,
+    derived_config,
+    evaluate_on_grid,
+    prepare_run_dir,
+    train_model,
+)
+
+SPO_OUTPUTS = ("logprobs", "adapter", "spo.json", "eval")
+
+
+@dataclass
+class SPOResult:
+    run_dir: Path
+    stages: list[dict]
+    front: Front | None
+    train_seconds: float
+
+
+def run_spo(cfg: RunConfig, *, progress: bool = True, overwrite: bool = False) -> SPOResult:
+    run_dir = Path(cfg.output_dir)
+    check_run_dir(run_dir, overwrite)
+    pairs = check_training_inputs(cfg)
+    for path in [*run_dir.glob("stage_*"), *(run_dir / name for name in SPO_OUTPUTS)]:
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    return _finish(cfg, prepare_run_dir(cfg), pairs, progress)
+
+
+def resume_spo(run_dir: str | Path, *, progress: bool = True) -> SPOResult:
+    """Continue a stopped SPO run at the stage it reached."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise MoaError(f"{run_dir} is not a run folder: config.yaml is missing")
+    cfg = load_config(run_dir / "config.yaml")
+    return _finish(cfg, run_dir, check_training_inputs(cfg), progress)
+
+
+def _finish(cfg: RunConfig, run_dir: Path, pairs: PairDataset, progress: bool) -> SPOResult:
+    stages = train_spo(cfg, pairs, run_dir, progress=progress)
+    with atomic_directory(run_dir / "adapter") as tmp:
+        shutil.copytree(stages[-1]["adapter"], tmp, dirs_exist_ok=True)
+    atomic_write_text(run_dir / "spo.json", json.dumps(stages, indent=2))
+    front = None
+    if cfg.eval.enabled:
+        tokenizer, model = build_model(cfg)
+        front = evaluate_on_grid(
+            cfg,
+            model,
+            tokenizer,
+            cfg.eval.grid_divisions,
+            cfg.eval.num_prompts,
+            answer=grouped_answerer(
+                model, tokenizer, spo_setup(cfg, model, run_dir / "adapter"), cfg
+            ),
+        )
+        write_front(run_dir / "eval", front, title="SPO (one model, the same at every λ)")
+    seconds = sum(stage["seconds"] for stage in stages)
+    return SPOResult(run_dir, stages, front, seconds)
+
+
+def train_spo(
+    cfg: RunConfig,
+    pairs: PairDataset,
+    run_dir: Path,
+    first_stage: Path | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train the stages into RUN_DIR/stage_K (stage 1 into `first_stage` when given: the DPO
+    expert of the first objective, with this config, is SPO's stage 1). Per stage: objective,
+    β, margin weight, adapter, seconds (its margins' log-probs included)."""
+    spo, objectives = cfg.spo, cfg.data.objectives
+    order = spo.order or objectives
+    betas = spo.betas or [cfg.train.beta] * len(order)
+    weights = spo.margin_weights or [1.0] * (len(order) - 1)
+    lam = vertex(cfg, order[0])
+    signs = torch.tensor([pair.signs(objectives) for pair in pairs])
+    logps: list[torch.Tensor] = []
+    stages: list[dict] = []
+    for k, objective in enumerate(order, start=1):
+        margin_seconds, margins = 0.0, None
+        if k == 1:
+            out_dir = first_stage or run_dir / "stage_1"
+            config = expert_config(cfg, objective, out_dir, beta=betas[0])
+        else:
+            previous = Path(stages[-1]["adapter"])
+            for index, adapter in ((0, None), (k - 1, previous))[len(logps) :]:
+                stage_logps, seconds = _logprobs(cfg, pairs, run_dir, index, adapter, lam)
+                logps.append(stage_logps)
+                margin_seconds += seconds
+            margins = spo_margins(logps, signs, objectives.index(objective), betas, weights)
+            config = derived_config(
+                cfg,
+                run_dir / f"stage_{k}",
+                objective=objective,
+                preference=list(lam),
+                beta=betas[k - 1],
+                reference="initial",
+                init_from=str(previous),
+            )
+        adapter, seconds = train_model(config, pairs, margins=margins, progress=progress)
+        stages.append(
+            {
+                "stage": k,
+                "objective": objective,
+                "beta": betas[k - 1],
+                "margin_weight": weights[k - 1] if k < len(order) else None,
+                "adapter": str(adapter),
+                "seconds": seconds + margin_seconds,
+            }
+        )
+    return stages
+
+
+def _logprobs(
+    cfg: RunConfig, pairs: PairDataset, run_dir: Path, index: int, adapter: Path | None, lam
+) -> tuple[torch.Tensor, float]:
+    """(log π_index of every pair's responses, seconds spent now), kept in RUN_DIR/logprobs."""
+    path = run_dir / "logprobs" / f"stage_{index}.pt"
+    if path.is_file():
+        return torch.load(path), 0.0
+    start = time.perf_counter()
+    logps = pair_logprobs(cfg, pairs, adapter, None if adapter is None else list(lam))
+    atomic_torch_save(path, logps)
+    return logps, time.perf_counter() - start
+
+
+def spo_setup(cfg: RunConfig, model, adapter: Path):
+    """The SPO model answers every λ of a grid the same way: at the λ it was trained at."""
+    return one_model(model, adapter, vertex(cfg, (cfg.spo.order or cfg.data.objectives)[0]))
