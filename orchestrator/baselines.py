@@ -120,19 +120,17 @@ def expert_rewards(
 ) -> tuple[torch.Tensor, float]:
     """([N, 2, m] each expert's implicit reward of each pair's responses, seconds), kept at
     `path` once computed."""
-    if path.is_file():
-        saved = torch.load(path)
-        return saved["rewards"], saved["seconds"]
-    start = time.perf_counter()
-    reference = pair_logprobs(cfg, pairs, None)
-    rewards = torch.stack(
-        [
-            cfg.train.beta
-            * (pair_logprobs(cfg, pairs, expert.adapter, list(expert.preference)) - reference)
-            for expert in experts.values()
-        ],
-        dim=-1,
-    )
-    seconds = time.perf_counter() - start
-    atomic_torch_save(path, {"rewards": rewards, "seconds": seconds})
-    return rewards, seconds
+    if not path.is_file():
+        start = time.perf_counter()
+        reference = pair_logprobs(cfg, pairs, None)
+        rewards = torch.stack(
+            [
+                cfg.train.beta
+                * (pair_logprobs(cfg, pairs, expert.adapter, list(expert.preference)) - reference)
+                for expert in experts.values()
+            ],
+            dim=-1,
+        )
+        atomic_torch_save(path, {"rewards": rewards, "seconds": time.perf_counter() - start})
+    saved = torch.load(path)
+    return saved["rewards"], saved["seconds"]

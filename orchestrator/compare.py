@@ -72,6 +72,7 @@ class MethodModels:
     models: int  # models needed to cover the front
     setup: object  # an answerers.Setup, or None: the steerable model at the row's λ
     adapter: Path | None = None  # the steerable model's adapter (setup None)
+    one_point: bool = False  # one model that answers every λ alike: no spread to measure
 
 
 @dataclass
@@ -149,14 +150,14 @@ class Comparison:
             front = self.front(cfg, models)
             atomic_write_text(front_path, json.dumps(front.to_dict(), indent=2))
         metrics = front.metrics()
-        distinct = len(np.unique(front.points, axis=0))
+        spread = not models.one_point
         return {
             "method": method,
             "seed": seed,
             "hypervolume": metrics["hypervolume"],
             "inner_product": metrics["inner_product"],
-            "sparsity": metrics["sparsity"] if distinct > 1 else None,
-            "spacing": metrics["spacing"] if distinct > 1 else None,
+            "sparsity": metrics["sparsity"] if spread else None,
+            "spacing": metrics["spacing"] if spread else None,
             "seconds": models.seconds,
             "models": models.models,
             "trainable_parameters": models.models * self.adapter_size,
@@ -222,7 +223,7 @@ class Comparison:
         stages = train_spo(cfg, self.pairs, seed_dir / "spo", first, self.progress)
         adapter = Path(stages[-1]["adapter"])
         seconds = sum(stage["seconds"] for stage in stages)
-        return MethodModels(seconds, 1, spo_setup(cfg, self.model, adapter))
+        return MethodModels(seconds, 1, spo_setup(cfg, self.model, adapter), one_point=True)
 
     def dpo_soups(self, cfg: RunConfig, seed_dir: Path) -> MethodModels:
         experts = self.experts(cfg, seed_dir)

@@ -8,8 +8,8 @@ The adapter runs at one fixed λ throughout, so each stage's model is a plain Lo
 model: no second copy of the base is loaded. Each stage is resumable from its own folder:
 
   RUN_DIR/config.yaml           the resolved configuration
-  RUN_DIR/logprobs/stage_K.pt   every pair's response log-probs under π_K (π_0 = π_ref): the
-                                margins' frozen inputs, computed once
+  RUN_DIR/logprobs/stage_K.pt   every pair's response log-probs under π_K (π_0 = π_ref), the
+                                margins' frozen inputs, computed once ({logprobs, seconds})
   RUN_DIR/stage_K/              stage K's Ray Train run (its objective: spo.order[K−1])
   RUN_DIR/adapter/              the last stage's adapter
   RUN_DIR/spo.json              per stage: objective, β, margin weight, seconds
@@ -152,14 +152,15 @@ def train_spo(
 def _logprobs(
     cfg: RunConfig, pairs: PairDataset, run_dir: Path, index: int, adapter: Path | None, lam
 ) -> tuple[torch.Tensor, float]:
-    """(log π_index of every pair's responses, seconds spent now), kept in RUN_DIR/logprobs."""
+    """(log π_index of every pair's responses, the seconds they took), computed once and kept
+    in RUN_DIR/logprobs."""
     path = run_dir / "logprobs" / f"stage_{index}.pt"
-    if path.is_file():
-        return torch.load(path), 0.0
-    start = time.perf_counter()
-    logps = pair_logprobs(cfg, pairs, adapter, None if adapter is None else list(lam))
-    atomic_torch_save(path, logps)
-    return logps, time.perf_counter() - start
+    if not path.is_file():
+        start = time.perf_counter()
+        logps = pair_logprobs(cfg, pairs, adapter, None if adapter is None else list(lam))
+        atomic_torch_save(path, {"logprobs": logps, "seconds": time.perf_counter() - start})
+    saved = torch.load(path)
+    return saved["logprobs"], saved["seconds"]
 
 
 def spo_setup(cfg: RunConfig, model, adapter: Path):

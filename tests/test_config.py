@@ -38,6 +38,17 @@ def test_yaml_file_and_dotted_overrides(tmp_path):
         (["model.device=gpu"], "field 'model.device'"),
         (["data.source=jsonl"], "needs data.path"),
         (["data.source=pku_saferlhf"], "set eval.enabled: false"),
+        (["train.objective=funny"], "train.objective 'funny' is not one of"),
+        (["train.preference=[0.5, 0.6]"], "train.preference: preference weights must sum to 1"),
+        (["train.preference=[1.0]"], r"train.preference: preference must have shape \[2\]"),
+        (["spo.order=[helpful]"], "spo.order must list each objective"),
+        (["spo.order=[helpful, honest]"], "spo.order must list each objective"),
+        (["spo.betas=[0.1]"], "spo.betas needs one β per stage"),
+        (["spo.margin_weights=[1.0, 1.0]"], "spo.margin_weights needs one weight per stage"),
+        (["compare.methods=[]"], "methods must be distinct and not empty"),
+        (["compare.methods=[dps, dps]"], "methods must be distinct and not empty"),
+        (["compare.methods=[rlhf]"], "field 'compare.methods.0'"),
+        (["compare.seeds=[]"], "seeds must be distinct and not empty"),
         (["eval.reference_point=[0, 0, 0]"], "eval.reference_point has 3 values for 2"),
         (["train.beta"], "must look like section.field=value"),
     ],
@@ -45,6 +56,13 @@ def test_yaml_file_and_dotted_overrides(tmp_path):
 def test_bad_config_names_the_field(overrides, message):
     with pytest.raises(MoaError, match=message):
         load_config(None, overrides)
+
+
+def test_fixed_preference_defaults_to_the_objectives_vertex():
+    assert load_config().fixed_preference is None
+    assert load_config(None, ["train.objective=harmless"]).fixed_preference == [0.0, 1.0]
+    both = load_config(None, ["train.objective=harmless", "train.preference=[0.5, 0.5]"])
+    assert both.fixed_preference == [0.5, 0.5]
 
 
 def test_bad_files(tmp_path):

@@ -1,3 +1,6 @@
+import math
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -9,6 +12,7 @@ from orchestrator.algorithms.panacea import (
 )
 from orchestrator.config import TrainSection
 from orchestrator.data.encoding import collate_pairs
+from orchestrator.errors import MoaError
 from orchestrator.model.loading import load_model
 from orchestrator.model.svd_lora import (
     adapter_parameters,
@@ -253,3 +257,78 @@ def test_initial_adapter_anchor_is_the_starting_policy_frozen(
     trained, started = adapter_parameters(model), adapter_parameters(copy)
     moved = sum((trained[name] - started[name]).abs().sum() for name in trained)
     assert moved > 1e-3
+
+
+def test_a_fixed_preference_trains_every_step_at_it(tiny_base_dir, tokenizer, encoded):
+    trainer = PanaceaTrainer(
+        steerable(tiny_base_dir),
+        encoded,
+        tokenizer.pad_token_id,
+        train_config(max_steps=3),
+        preference=[0.3, 0.7],
+    )
+    history = trainer.train(progress=False)
+    assert [r.preference for r in history] == [pytest.approx([0.3, 0.7])] * 3
+    for r in history:  # LS at the fixed λ
+        assert r.loss == pytest.approx(0.3 * r.objective_losses[0] + 0.7 * r.objective_losses[1])
+
+
+def test_one_objective_trains_its_loss_alone(tiny_base_dir, tokenizer, encoded):
+    """An expert of objective 1: the step's loss is that objective's, and the update equals
+    the one plain DPO on objective 1's labels alone makes."""
+    cfg = train_config(max_steps=2, aggregation="tche")  # the aggregation is not used
+
+    def trained(objective, pairs):
+        model = steerable(tiny_base_dir)
+        trainer = PanaceaTrainer(
+            model, pairs, tokenizer.pad_token_id, cfg, preference=[0.0, 1.0], objective=objective
+        )
+        history = trainer.train(progress=False)
+        return history, {n: p.detach().clone() for n, p in adapter_parameters(model).items()}
+
+    history, expert = trained(1, encoded)
+    assert all(r.loss == pytest.approx(r.objective_losses[1]) for r in history)
+    # The same objective's labels in both slots and LS at e_2: the same update.
+    harmless_only = [replace(p, signs=[p.signs[1], p.signs[1]]) for p in encoded]
+    _, reference = trained(None, harmless_only)
+    assert all(torch.allclose(expert[n], reference[n], atol=1e-6) for n in expert)
+
+
+def test_margins_enter_the_trained_objectives_logit(tiny_base_dir, tokenizer, encoded):
+    cfg = train_config(nll_weight=0.0, max_steps=1)
+    pairs = encoded[: cfg.batch_size]
+    margins = torch.zeros(len(pairs), 2)
+    margins[:, 1] = 0.5
+    trainer = PanaceaTrainer(
+        steerable(tiny_base_dir),
+        pairs,
+        tokenizer.pad_token_id,
+        cfg,
+        preference=[0.0, 1.0],
+        objective=1,
+        margins=margins,
+    )
+    first = trainer.train_step()
+    # At the first step the policy is the reference (h = 0): −log σ(−0.5) and −log σ(0).
+    assert first.objective_losses[1] == pytest.approx(-math.log(1 / (1 + math.exp(0.5))), abs=1e-5)
+    assert first.objective_losses[0] == pytest.approx(math.log(2), abs=1e-5)
+    with pytest.raises(MoaError, match=r"margins must have shape \[8, 2\]"):
+        PanaceaTrainer(
+            steerable(tiny_base_dir), pairs, tokenizer.pad_token_id, cfg, margins=margins[:3]
+        )
+
+
+def test_an_initial_anchor_at_a_fixed_preference_is_precomputed(
+    tiny_base_dir, tokenizer, encoded, perturb
+):
+    model = steerable(tiny_base_dir)
+    perturb(model, std=0.05)
+    cfg = train_config(reference="initial")
+    pairs = encoded[:12]
+    trainer = PanaceaTrainer(model, pairs, tokenizer.pad_token_id, cfg, preference=[0.4, 0.6])
+    trainer.prepare()
+    batch = collate_pairs(pairs, tokenizer.pad_token_id)
+    expected = reference_logprobs(model, batch, torch.tensor([0.4, 0.6]))
+    assert trainer.reference is not None
+    assert torch.allclose(trainer.reference, expected, atol=1e-5)
+    assert not torch.allclose(trainer.reference, reference_logprobs(model, batch), atol=1e-3)
