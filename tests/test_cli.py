@@ -91,6 +91,14 @@ def test_errors_are_one_line_and_exit_2(capsys, tmp_path):
     assert "neither a run folder" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "train.beta=1"]) == 2
     assert "only serve.* and model.* overrides" in capsys.readouterr().err
+    out = f"output_dir={tmp_path / 'compare'}"
+    assert main(["compare", out, "compare.methods=[sipo, dps]"]) == 2
+    assert "sipo starts from panacea_ls" in capsys.readouterr().err
+    assert main(["compare", out, "eval.enabled=false"]) == 2
+    assert "needs data.source: assistant and eval.enabled: true" in capsys.readouterr().err
+    assert main(["spo", out, "spo.order=[helpful, helpful]"]) == 2
+    assert "spo.order must list each objective" in capsys.readouterr().err
+    assert not (tmp_path / "compare").exists()  # nothing half-written
 
 
 def test_demo_with_three_objectives_evaluates_a_simplex_lattice(quick_run, tmp_path, capsys):
