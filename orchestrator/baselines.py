@@ -12,6 +12,7 @@ Each model lands in its own folder through train_model, so a stopped comparison 
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +35,6 @@ class TrainedModel:
     seconds: float  # its training's wall time, margins included
 
 
-def vertex(cfg: RunConfig, objective: str) -> Key:
-    index = cfg.data.objectives.index(objective)
-    return tuple(float(i == index) for i in range(len(cfg.data.objectives)))
-
-
 def folder_name(lam: Key) -> str:
     return "lambda_" + "_".join(f"{x:.3f}" for x in lam)
 
@@ -55,15 +51,21 @@ def train_experts(
     for objective in cfg.data.objectives:
         config = expert_config(cfg, objective, root / objective)
         adapter, seconds = train_model(config, pairs, progress=progress)
-        experts[objective] = TrainedModel(adapter, vertex(cfg, objective), seconds)
+        experts[objective] = TrainedModel(adapter, tuple(cfg.vertex(objective)), seconds)
     return experts
 
 
-def _vertex_expert(cfg: RunConfig, lam: Key, experts: dict[str, TrainedModel]):
-    """The expert that λ is the vertex of, if it is one."""
-    if max(lam) == 1.0:
-        return experts[cfg.data.objectives[lam.index(1.0)]]
-    return None
+def _one_per_preference(
+    cfg: RunConfig,
+    grid: list[Key],
+    experts: dict[str, TrainedModel],
+    train_one: Callable[[Key], TrainedModel],
+) -> dict[Key, TrainedModel]:
+    """A model per λ of the grid: the expert at a vertex, `train_one(λ)` elsewhere."""
+    return {
+        lam: experts[cfg.data.objectives[lam.index(1.0)]] if max(lam) == 1.0 else train_one(lam)
+        for lam in grid
+    }
 
 
 def train_dps(
@@ -75,14 +77,13 @@ def train_dps(
     progress: bool = True,
 ) -> dict[Key, TrainedModel]:
     """One model per λ of the grid, trained on the aggregated loss at that λ."""
-    models = {}
-    for lam in grid:
-        models[lam] = _vertex_expert(cfg, lam, experts)
-        if models[lam] is None:
-            config = derived_config(cfg, root / folder_name(lam), preference=list(lam))
-            adapter, seconds = train_model(config, pairs, progress=progress)
-            models[lam] = TrainedModel(adapter, lam, seconds)
-    return models
+
+    def train_one(lam: Key) -> TrainedModel:
+        config = derived_config(cfg, root / folder_name(lam), preference=list(lam))
+        adapter, seconds = train_model(config, pairs, progress=progress)
+        return TrainedModel(adapter, lam, seconds)
+
+    return _one_per_preference(cfg, grid, experts, train_one)
 
 
 def train_modpo(
@@ -97,22 +98,21 @@ def train_modpo(
     the experts' implicit rewards β·(log π_j − log π_ref), computed once per dataset."""
     rewards, reward_seconds = expert_rewards(cfg, pairs, root / "rewards.pt", experts)
     signs = torch.tensor([pair.signs(cfg.data.objectives) for pair in pairs])
-    models = {}
-    for lam in grid:
-        models[lam] = _vertex_expert(cfg, lam, experts)
-        if models[lam] is None:
-            weights = list(lam)
-            config = derived_config(
-                cfg,
-                root / folder_name(lam),
-                objective=cfg.data.objectives[main_objective(weights)],
-                preference=weights,
-                beta=modpo_beta(cfg.train.beta, weights),
-            )
-            margins = modpo_margins(rewards, signs, weights)
-            adapter, seconds = train_model(config, pairs, margins=margins, progress=progress)
-            models[lam] = TrainedModel(adapter, lam, seconds)
-    return models, reward_seconds
+
+    def train_one(lam: Key) -> TrainedModel:
+        weights = list(lam)
+        config = derived_config(
+            cfg,
+            root / folder_name(lam),
+            objective=cfg.data.objectives[main_objective(weights)],
+            preference=weights,
+            beta=modpo_beta(cfg.train.beta, weights),
+        )
+        margins = modpo_margins(rewards, signs, weights)
+        adapter, seconds = train_model(config, pairs, margins=margins, progress=progress)
+        return TrainedModel(adapter, lam, seconds)
+
+    return _one_per_preference(cfg, grid, experts, train_one), reward_seconds
 
 
 def expert_rewards(

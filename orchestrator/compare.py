@@ -83,15 +83,6 @@ class CompareResult:
 
 
 def run_compare(cfg: RunConfig, *, progress: bool = True, overwrite: bool = False) -> CompareResult:
-    out = Path(cfg.output_dir)
-    saved = out / "config.yaml"
-    if saved.is_file() and load_config(saved) != cfg:
-        if not overwrite:
-            raise MoaError(
-                f"{out} holds a comparison with another config; run it with that config to "
-                "resume it, choose another output_dir, or pass --overwrite to replace it"
-            )
-        shutil.rmtree(out)
     if cfg.data.source != "assistant" or not cfg.eval.enabled:
         raise MoaError(
             "compare evaluates every method with the built-in task's scorers: it needs "
@@ -100,6 +91,15 @@ def run_compare(cfg: RunConfig, *, progress: bool = True, overwrite: bool = Fals
     if "sipo" in cfg.compare.methods and "panacea_ls" not in cfg.compare.methods:
         raise MoaError("compare.methods: sipo starts from panacea_ls; list both")
     pairs = check_training_inputs(cfg)
+    out = Path(cfg.output_dir)
+    saved = out / "config.yaml"
+    if saved.is_file() and load_config(saved) != cfg:  # after the checks: nothing lost
+        if not overwrite:
+            raise MoaError(
+                f"{out} holds a comparison with another config; run it with that config to "
+                "resume it, choose another output_dir, or pass --overwrite to replace it"
+            )
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved, yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     comparison = Comparison(cfg, pairs, progress)
@@ -131,7 +131,6 @@ class Comparison:
         self.grid = [preference_key(row) for row in grid]
         self.tokenizer, self.model = build_model(cfg)
         self.adapter_size = sum(p.numel() for p in adapter_parameters(self.model).values())
-        self._experts: dict[int, dict] = {}
 
     def seed_config(self, seed: int) -> RunConfig:
         data = self.cfg.model_dump()
@@ -216,10 +215,9 @@ class Comparison:
         return MethodModels(seconds, 1, None, run_dir / "adapter")
 
     def spo(self, cfg: RunConfig, seed_dir: Path) -> MethodModels:
-        order = cfg.spo.order or cfg.data.objectives
         first = None
         if cfg.spo.betas is None or cfg.spo.betas[0] == cfg.train.beta:
-            first = seed_dir / "experts" / order[0]  # that expert is SPO's first stage
+            first = seed_dir / "experts" / cfg.spo_order[0]  # that expert is SPO's first stage
         stages = train_spo(cfg, self.pairs, seed_dir / "spo", first, self.progress)
         adapter = Path(stages[-1]["adapter"])
         seconds = sum(stage["seconds"] for stage in stages)

@@ -361,8 +361,7 @@ class RunConfig(Section):
                 raise ValueError(f"train.preference: {err}") from None
 
     def _check_spo(self) -> None:
-        objectives, spo = self.data.objectives, self.spo
-        order = spo.order or objectives
+        objectives, spo, order = self.data.objectives, self.spo, self.spo_order
         if sorted(order) != sorted(objectives):
             raise ValueError(
                 f"spo.order must list each objective of {objectives} once; got {spo.order}"
@@ -383,8 +382,16 @@ class RunConfig(Section):
         train = self.train
         if train.preference is not None or train.objective is None:
             return train.preference
-        index = self.data.objectives.index(train.objective)
-        return [float(i == index) for i in range(len(self.data.objectives))]
+        return self.vertex(train.objective)
+
+    @property
+    def spo_order(self) -> list[str]:
+        """SPO's stages' objectives: spo.order, else data.objectives."""
+        return self.spo.order or self.data.objectives
+
+    def vertex(self, objective: str) -> list[float]:
+        """e_i: λ with all its weight on `objective`."""
+        return [float(name == objective) for name in self.data.objectives]
 
 
 def build_config(data: dict[str, Any]) -> RunConfig:

@@ -41,7 +41,7 @@ from orchestrator.algorithms.sipo import (
 )
 from orchestrator.algorithms.sipo_selection import candidate_preferences, conflicting_pairs
 from orchestrator.atomic import atomic_directory, atomic_write_text
-from orchestrator.config import RunConfig, build_config, load_config
+from orchestrator.config import RunConfig, build_config
 from orchestrator.data.assistant_task import AssistantTask
 from orchestrator.data.schema import PairDataset
 from orchestrator.errors import MoaError
@@ -55,6 +55,7 @@ from orchestrator.workflow import (
     check_training_inputs,
     evaluate_on_grid,
     prepare_run_dir,
+    read_run_config,
     resume_panacea,
     run_panacea,
 )
@@ -82,9 +83,7 @@ def run_sipo(cfg: RunConfig, *, progress: bool = True, overwrite: bool = False) 
 def resume_sipo(run_dir: str | Path, *, progress: bool = True) -> SIPOResult:
     """Continue a stopped SIPO run at the round and phase it reached."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise MoaError(f"{run_dir} is not a run folder: config.yaml is missing")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = read_run_config(run_dir)
     return _run(cfg, run_dir, _check_inputs(cfg), progress)
 
 

@@ -26,11 +26,10 @@ import torch
 
 from orchestrator.algorithms.spo import spo_margins
 from orchestrator.atomic import atomic_directory, atomic_torch_save, atomic_write_text
-from orchestrator.baselines import expert_config, vertex
-from orchestrator.config import RunConfig, load_config
+from orchestrator.baselines import expert_config
+from orchestrator.config import RunConfig
 from orchestrator.data.schema import PairDataset
 from orchestrator.distributed.logprobs import pair_logprobs
-from orchestrator.errors import MoaError
 from orchestrator.evaluation.answerers import grouped_answerer, one_model
 from orchestrator.evaluation.front import Front
 from orchestrator.evaluation.report import write_front
@@ -41,6 +40,7 @@ from orchestrator.workflow import (
     derived_config,
     evaluate_on_grid,
     prepare_run_dir,
+    read_run_config,
     train_model,
 )
 
@@ -67,9 +67,7 @@ def run_spo(cfg: RunConfig, *, progress: bool = True, overwrite: bool = False) -
 def resume_spo(run_dir: str | Path, *, progress: bool = True) -> SPOResult:
     """Continue a stopped SPO run at the stage it reached."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise MoaError(f"{run_dir} is not a run folder: config.yaml is missing")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = read_run_config(run_dir)
     return _finish(cfg, run_dir, check_training_inputs(cfg), progress)
 
 
@@ -106,11 +104,10 @@ def train_spo(
     """Train the stages into RUN_DIR/stage_K (stage 1 into `first_stage` when given: the DPO
     expert of the first objective, with this config, is SPO's stage 1). Per stage: objective,
     β, margin weight, adapter, seconds (its margins' log-probs included)."""
-    spo, objectives = cfg.spo, cfg.data.objectives
-    order = spo.order or objectives
+    spo, objectives, order = cfg.spo, cfg.data.objectives, cfg.spo_order
     betas = spo.betas or [cfg.train.beta] * len(order)
     weights = spo.margin_weights or [1.0] * (len(order) - 1)
-    lam = vertex(cfg, order[0])
+    lam = cfg.vertex(order[0])
     signs = torch.tensor([pair.signs(objectives) for pair in pairs])
     logps: list[torch.Tensor] = []
     stages: list[dict] = []
@@ -121,7 +118,8 @@ def train_spo(
             config = expert_config(cfg, objective, out_dir, beta=betas[0])
         else:
             previous = Path(stages[-1]["adapter"])
-            for index, adapter in ((0, None), (k - 1, previous))[len(logps) :]:
+            # log π_0 (π_ref) before stage 2, then log π_{k−1}: also this stage's anchor.
+            for index, adapter in ([(0, None)] if k == 2 else []) + [(k - 1, previous)]:
                 stage_logps, seconds = _logprobs(cfg, pairs, run_dir, index, adapter, lam)
                 logps.append(stage_logps)
                 margin_seconds += seconds
@@ -135,7 +133,10 @@ def train_spo(
                 reference="initial",
                 init_from=str(previous),
             )
-        adapter, seconds = train_model(config, pairs, margins=margins, progress=progress)
+        anchor = logps[-1] if k > 1 else None  # π_{k−1}'s log-probs: not computed again
+        adapter, seconds = train_model(
+            config, pairs, margins=margins, reference=anchor, progress=progress
+        )
         stages.append(
             {
                 "stage": k,
@@ -165,4 +166,4 @@ def _logprobs(
 
 def spo_setup(cfg: RunConfig, model, adapter: Path):
     """The SPO model answers every λ of a grid the same way: at the λ it was trained at."""
-    return one_model(model, adapter, vertex(cfg, (cfg.spo.order or cfg.data.objectives)[0]))
+    return one_model(model, adapter, tuple(cfg.vertex(cfg.spo_order[0])))

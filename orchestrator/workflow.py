@@ -118,11 +118,17 @@ def run_panacea(cfg: RunConfig, *, progress: bool = True, overwrite: bool = Fals
 
 
 def train_model(
-    cfg: RunConfig, pairs, *, margins: torch.Tensor | None = None, progress: bool = True
+    cfg: RunConfig,
+    pairs,
+    *,
+    margins: torch.Tensor | None = None,
+    reference: torch.Tensor | None = None,
+    progress: bool = True,
 ) -> tuple[Path, float]:
     """(adapter, training seconds) of the model `cfg` describes, trained into cfg.output_dir
     unless it is there already: a finished folder (train.json) is reused, a stopped one continues
-    from its last checkpoint. A folder that holds another config is refused, not mixed."""
+    from its last checkpoint. A folder that holds another config is refused, not mixed.
+    `margins` and `reference` go to `distributed.train.train`."""
     from orchestrator.distributed.train import train
 
     run_dir = Path(cfg.output_dir)
@@ -136,7 +142,7 @@ def train_model(
             return run_dir / "adapter", json.loads(record.read_text())["train_seconds"]
     else:
         prepare_run_dir(cfg)
-    seconds = train(cfg, run_dir, pairs, progress=progress, margins=margins)
+    seconds = train(cfg, run_dir, pairs, progress=progress, margins=margins, reference=reference)
     atomic_write_text(record, json.dumps({"train_seconds": seconds}))
     return run_dir / "adapter", seconds
 
@@ -158,11 +164,16 @@ def resume_panacea(run_dir: str | Path, *, progress: bool = True) -> RunResult:
     from orchestrator.distributed.train import train
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise MoaError(f"{run_dir} is not a run folder: config.yaml is missing")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = read_run_config(run_dir)
     pairs = check_training_inputs(cfg)
     return _finish(cfg, run_dir, train(cfg, run_dir, pairs, progress=progress))
+
+
+def read_run_config(run_dir: Path, overrides: list[str] = ()) -> RunConfig:
+    """The config a run folder was started with (config.yaml), with `overrides` applied."""
+    if not (run_dir / "config.yaml").is_file():
+        raise MoaError(f"{run_dir} is not a run folder: config.yaml is missing")
+    return load_config(run_dir / "config.yaml", overrides)
 
 
 def check_training_inputs(cfg: RunConfig):
@@ -287,9 +298,7 @@ def evaluate_on_grid(
 def load_run(run_dir: str | Path, overrides: list[str] = ()) -> tuple[RunConfig, object, object]:
     """(config, tokenizer, model with the run's trained adapter) of a finished run."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise MoaError(f"{run_dir} is not a run folder: config.yaml is missing")
-    cfg = load_config(run_dir / "config.yaml", overrides)
+    cfg = read_run_config(run_dir, overrides)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     model = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.model.device)
     load_adapter(model, run_dir / "adapter")

@@ -144,6 +144,7 @@ class PanaceaTrainer:
     The baselines are the same trainer with fewer degrees of freedom: `preference` fixes λ for
     every step (RunConfig.fixed_preference), `objective` (an index) trains that objective's loss
     alone, and `margins` [pairs, m] are subtracted from each objective's DPO logit per pair.
+    `reference` [pairs, 2]: the anchor's log-probs, when the caller has them already.
     """
 
     def __init__(
@@ -157,6 +158,7 @@ class PanaceaTrainer:
         preference: list[float] | None = None,
         objective: int | None = None,
         margins: torch.Tensor | None = None,
+        reference: torch.Tensor | None = None,
     ):
         if not pairs:
             raise MoaError("there are no training pairs: the training split is empty")
@@ -167,13 +169,16 @@ class PanaceaTrainer:
         self.sampler = PreferenceSampler(self.num_objectives, cfg.vertex_probability, cfg.seed)
         self.fixed_preference = None if preference is None else torch.tensor(preference)
         self.objective = objective
-        if margins is not None and margins.shape != (len(pairs), self.num_objectives):
-            raise MoaError(
-                f"margins must have shape [{len(pairs)}, {self.num_objectives}] (pairs, "
-                f"objectives); got {list(margins.shape)}"
-            )
+        for name, tensor, width in (
+            ("margins", margins, self.num_objectives),
+            ("reference", reference, 2),
+        ):
+            if tensor is not None and tensor.shape != (len(pairs), width):
+                raise MoaError(
+                    f"{name} must have shape [{len(pairs)}, {width}]; got {list(tensor.shape)}"
+                )
         self.margins = margins
-        self.reference: torch.Tensor | None = None
+        self.reference = reference
         if cfg.reference == "initial":
             freeze_anchor(model)  # before a checkpoint moves the adapter on
         self.step = 0

@@ -41,10 +41,12 @@ def train(
     pairs: PairDataset,
     progress: bool = True,
     margins: torch.Tensor | None = None,
+    reference: torch.Tensor | None = None,
 ) -> float:
     """Run (or continue) the training of `run_dir` on Ray Train; returns the wall time in
-    seconds. The final adapter is written to RUN_DIR/adapter. `margins` [pairs, objectives]:
-    per-pair DPO margins (MODPO, SPO), precomputed by the caller."""
+    seconds. The final adapter is written to RUN_DIR/adapter. Precomputed by the caller:
+    `margins` [pairs, objectives], per-pair DPO margins (MODPO, SPO); `reference` [pairs, 2],
+    the DPO anchor's log-probs of each pair's responses (then the workers skip that pass)."""
     ensure_ray()
     scaling = cfg.scaling
     trainer = TorchTrainer(
@@ -54,6 +56,7 @@ def train(
             "run_dir": str(run_dir.resolve()),
             "pairs": pairs,
             "margins": margins,
+            "reference": reference,
             "progress": progress,
             "fault": os.environ.get(FAULT_ENV),
         },
@@ -127,6 +130,7 @@ def train_loop(config: dict) -> None:
         preference=cfg.fixed_preference,
         objective=None if objective is None else cfg.data.objectives.index(objective),
         margins=config["margins"],
+        reference=config["reference"],
     )
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:

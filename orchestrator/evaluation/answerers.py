@@ -66,10 +66,10 @@ def one_model_per_preference(model: nn.Module, adapters: Mapping[Key, tuple[Path
 
 def one_model(model: nn.Module, adapter: Path, trained_at: Key) -> Setup:
     """The same adapter, at the λ it was trained at, for every λ."""
-    load_adapter(model, adapter)
 
     @contextmanager
     def setup(key: Key):
+        load_adapter(model, adapter)
         yield trained_at
 
     return setup
