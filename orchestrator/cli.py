@@ -60,6 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     compare.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
+    sweep = commands.add_parser(
+        "tune",
+        help="a Ray Tune sweep of training runs over tune.space, compared by their fronts; "
+        "writes a table, the Pareto sets of trials and the best config (run it again to finish "
+        "a stopped sweep)",
+    )
+    sweep.add_argument("config", help="YAML config with a tune section")
+    sweep.add_argument(
+        "--overwrite", action="store_true", help="replace a sweep with another config"
+    )
+    sweep.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
     serve = commands.add_parser(
         "serve",
         help="serve a steerable model on Ray Serve: an OpenAI-compatible API with a preference "
@@ -105,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             _spo(args.config, args.resume, args.overwrite, args.overrides)
         elif args.command == "compare":
             _compare(args.config, args.overwrite, args.overrides)
+        elif args.command == "tune":
+            _tune(args.config, args.overwrite, args.overrides)
         elif args.command == "serve":
             _serve(args.source, args.detach, args.overrides)
         elif args.command == "eval":
@@ -203,6 +217,15 @@ def _compare(config: str | None, overwrite: bool, overrides: list[str]) -> None:
     result = run_compare(cfg, overwrite=overwrite)
     print(render_table(result.table, cfg))
     print(f"written: {result.out_dir / 'report.md'}, {result.out_dir / 'fronts.png'}")
+
+
+def _tune(config: str, overwrite: bool, overrides: list[str]) -> None:
+    from orchestrator.distributed.tune import run_sweep
+
+    result = run_sweep(_run_config(config, None, overrides), overwrite=overwrite)
+    print((result.out_dir / "report.md").read_text())
+    print(f"written: {result.out_dir / 'report.md'}, {result.out_dir / 'pareto.png'}")
+    print(f"best trial {result.best['trial']}: moa train {result.best_config}")
 
 
 def _serve(source: str, detach: bool, overrides: list[str]) -> None:

@@ -18,18 +18,16 @@ and fronts are kept.
 """
 
 import json
-import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from orchestrator.algorithms.soups import expert_deltas
 from orchestrator.atomic import atomic_write_text
 from orchestrator.baselines import train_dps, train_experts, train_modpo
-from orchestrator.config import RunConfig, build_config, load_config
+from orchestrator.config import RunConfig, build_config
 from orchestrator.data.schema import PairDataset
 from orchestrator.errors import MoaError
 from orchestrator.evaluation.answerers import (
@@ -47,6 +45,7 @@ from orchestrator.spo_workflow import spo_setup, train_spo
 from orchestrator.workflow import (
     build_model,
     check_training_inputs,
+    claim_output_dir,
     derived_config,
     evaluate_on_grid,
     train_model,
@@ -91,17 +90,7 @@ def run_compare(cfg: RunConfig, *, progress: bool = True, overwrite: bool = Fals
     if "sipo" in cfg.compare.methods and "panacea_ls" not in cfg.compare.methods:
         raise MoaError("compare.methods: sipo starts from panacea_ls; list both")
     pairs = check_training_inputs(cfg)
-    out = Path(cfg.output_dir)
-    saved = out / "config.yaml"
-    if saved.is_file() and load_config(saved) != cfg:  # after the checks: nothing lost
-        if not overwrite:
-            raise MoaError(
-                f"{out} holds a comparison with another config; run it with that config to "
-                "resume it, choose another output_dir, or pass --overwrite to replace it"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    out = claim_output_dir(cfg, overwrite, "comparison")
     comparison = Comparison(cfg, pairs, progress)
     results = [
         comparison.result(method, seed)

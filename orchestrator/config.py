@@ -232,6 +232,48 @@ class CompareSection(Section):
         return self
 
 
+class SearchDimension(Section):
+    """How a sweep varies one field: exactly one of these (see orchestrator/sweep_space.py)."""
+
+    grid: list[Any] | None = None  # every value, in every combination with the other grids
+    choice: list[Any] | None = None  # one value drawn per trial
+    uniform: tuple[float, float] | None = None  # [low, high]
+    loguniform: tuple[float, float] | None = None  # [low, high], low > 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "SearchDimension":
+        given = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of grid, choice, uniform, loguniform; got {given or 'none'}"
+            )
+        values = self.grid if self.grid is not None else self.choice
+        if values is not None and not values:
+            raise ValueError(f"{given[0]} needs at least one value")
+        bounds = self.uniform or self.loguniform
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"{given[0]} needs [low, high] with low < high; got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform needs low > 0; got {list(self.loguniform)}")
+        return self
+
+
+class TuneSection(Section):
+    """`moa tune`: a Ray Tune sweep of training runs, compared by the front of the coarse λ grid
+    (eval.coarse_*) evaluated every eval.every steps during training."""
+
+    # Dotted field → dimension, e.g. train.beta: {loguniform: [0.05, 0.5]}; fields of model,
+    # adapter, data, train and scaling.
+    space: dict[str, SearchDimension] = {}
+    num_samples: Count = 1  # trials per combination of the grid dimensions
+    metric: Literal["hypervolume", "inner_product"] = "hypervolume"  # picks the best; ASHA's
+    scheduler: Literal["fifo", "asha"] = "fifo"  # asha: stop trials that trail at milestones
+    grace_period: Count = 50  # ASHA: steps every trial trains before it may be stopped
+    reduction_factor: Annotated[float, Field(gt=1.0)] = 2.0  # ASHA: 1/this go on at a milestone
+    max_concurrent_trials: Count | None = None  # default: as many as the cluster's CPUs/GPUs fit
+    seed: int = 0  # the draws of choice, uniform and loguniform
+
+
 class ServeSection(Section):
     """The steerable model on Ray Serve (`moa serve`): an OpenAI-compatible API, λ per request."""
 
@@ -289,6 +331,7 @@ class RunConfig(Section):
     sipo: SIPOSection = SIPOSection()
     spo: SPOSection = SPOSection()
     compare: CompareSection = CompareSection()
+    tune: TuneSection = TuneSection()
     serve: ServeSection = ServeSection()
     output_dir: str = "runs/panacea"
 

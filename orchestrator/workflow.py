@@ -91,6 +91,24 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
         )
 
 
+def claim_output_dir(cfg: RunConfig, overwrite: bool, kind: str) -> Path:
+    """cfg.output_dir for a run of several models (a comparison, a sweep) that resumes when
+    started again: a folder with this config is kept, one with another is replaced only with
+    `overwrite`. Call it after every check, so that nothing is removed for a run that fails."""
+    out = Path(cfg.output_dir)
+    saved = out / "config.yaml"
+    if saved.is_file() and load_config(saved) != cfg:
+        if not overwrite:
+            raise MoaError(
+                f"{out} holds a {kind} with another config; run it with that config to finish "
+                "it, choose another output_dir, or pass --overwrite to replace it"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    return out
+
+
 def prepare_run_dir(cfg: RunConfig) -> Path:
     """The run folder with the resolved config written first. An earlier run's results go
     first, so an adapter never sits next to a config it was not trained with."""
@@ -124,11 +142,12 @@ def train_model(
     margins: torch.Tensor | None = None,
     reference: torch.Tensor | None = None,
     progress: bool = True,
+    callbacks: list | None = None,
 ) -> tuple[Path, float]:
     """(adapter, training seconds) of the model `cfg` describes, trained into cfg.output_dir
     unless it is there already: a finished folder (train.json) is reused, a stopped one continues
     from its last checkpoint. A folder that holds another config is refused, not mixed.
-    `margins` and `reference` go to `distributed.train.train`."""
+    `margins`, `reference` and `callbacks` go to `distributed.train.train`."""
     from orchestrator.distributed.train import train
 
     run_dir = Path(cfg.output_dir)
@@ -142,7 +161,15 @@ def train_model(
             return run_dir / "adapter", json.loads(record.read_text())["train_seconds"]
     else:
         prepare_run_dir(cfg)
-    seconds = train(cfg, run_dir, pairs, progress=progress, margins=margins, reference=reference)
+    seconds = train(
+        cfg,
+        run_dir,
+        pairs,
+        progress=progress,
+        margins=margins,
+        reference=reference,
+        callbacks=callbacks,
+    )
     atomic_write_text(record, json.dumps({"train_seconds": seconds}))
     return run_dir / "adapter", seconds
 

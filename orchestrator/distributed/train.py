@@ -42,11 +42,13 @@ def train(
     progress: bool = True,
     margins: torch.Tensor | None = None,
     reference: torch.Tensor | None = None,
+    callbacks: list | None = None,
 ) -> float:
     """Run (or continue) the training of `run_dir` on Ray Train; returns the wall time in
     seconds. The final adapter is written to RUN_DIR/adapter. Precomputed by the caller:
     `margins` [pairs, objectives], per-pair DPO margins (MODPO, SPO); `reference` [pairs, 2],
-    the DPO anchor's log-probs of each pair's responses (then the workers skip that pass)."""
+    the DPO anchor's log-probs of each pair's responses (then the workers skip that pass).
+    `callbacks`: Ray Train callbacks (a sweep's trial passes Tune's report callback)."""
     ensure_ray()
     scaling = cfg.scaling
     trainer = TorchTrainer(
@@ -71,6 +73,7 @@ def train(
             storage_path=str(run_dir.resolve()),
             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            callbacks=callbacks,
         ),
     )
     start = time.perf_counter()

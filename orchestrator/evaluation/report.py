@@ -65,7 +65,7 @@ def plot_front(path: Path, front: Front, title: str = "Pareto front") -> None:
         ax.set_ylabel(front.objectives[j])
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="lower left")
-    _save(fig, path, title)
+    save_figure(fig, path, title)
 
 
 def plot_fronts(path: Path, fronts: dict[str, Front], title: str) -> None:
@@ -86,10 +86,10 @@ def plot_fronts(path: Path, fronts: dict[str, Front], title: str) -> None:
         ax.set_ylabel(objectives[j])
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="lower left")
-    _save(fig, path, title)
+    save_figure(fig, path, title)
 
 
-def _save(fig: Figure, path: Path, title: str) -> None:
+def save_figure(fig: Figure, path: Path, title: str) -> None:
     """Title, lay out and write the figure atomically (a half-written PNG is never seen)."""
     fig.suptitle(title)
     fig.tight_layout()

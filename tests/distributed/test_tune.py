@@ -1,0 +1,147 @@
+"""`moa tune` end to end on the shared Ray instance: a 4-trial sweep of a few steps each,
+interrupted (SIGUSR1, as Ctrl+C) once 2 trials have finished and finished by the same call; its
+table, Pareto sets and best config; the best config trained by `moa train`."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.config import load_config
+from orchestrator.distributed.tune import run_sweep
+from orchestrator.errors import MoaError
+from orchestrator.metrics_log import read_metrics
+from orchestrator.sweep_report import best_trial, mark_pareto_sets
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
+
+
+def config(tiny_base_dir, out):
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_base_dir}",
+            "data.num_pairs=48",
+            "adapter.rank=4",
+            "train.batch_size=4",
+            "train.max_steps=4",
+            "train.warmup_steps=0",
+            "train.learning_rate=1e-2",
+            "eval.every=2",
+            "eval.coarse_grid_divisions=2",
+            "eval.coarse_num_prompts=4",
+            "eval.max_new_tokens=8",
+            "eval.grid_divisions=2",
+            "eval.num_prompts=4",
+            "checkpoint.every=2",
+            "logging.tensorboard=false",
+            "logging.mlflow=false",
+            "tune.space={train.aggregation: {grid: [ls, tche]}, "
+            "train.beta: {loguniform: [0.05, 0.5]}}",
+            "tune.num_samples=2",
+            "tune.max_concurrent_trials=1",
+            f"output_dir={out}",
+        ],
+    )
+
+
+def interrupt_after(finished: int, trials_dir, stop: threading.Event) -> threading.Thread:
+    """Send this process SIGUSR1 (Tune stops as on Ctrl+C) once `finished` trials are done."""
+
+    def watch():
+        while not stop.is_set():
+            if len(list(trials_dir.glob("*/train.json"))) >= finished:
+                os.kill(os.getpid(), signal.SIGUSR1)
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny_base_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tune") / "sweep"
+    cfg = config(tiny_base_dir, out)
+    stop = threading.Event()
+    interrupt_after(2, out / "trials", stop)
+    try:
+        with pytest.raises(MoaError, match=r"the sweep stopped with 2 of 4 trials done"):
+            run_sweep(cfg)
+    finally:
+        stop.set()
+    first = {
+        path.parent.name: (path.stat().st_mtime_ns, read_metrics(path.parent))
+        for path in (out / "trials").glob("*/train.json")
+    }
+    return cfg, first, run_sweep(cfg)
+
+
+def test_a_restored_sweep_runs_only_the_trials_left(sweep):
+    _, first, result = sweep
+    assert len(first) == 2
+    assert len(result.trials) == 4
+    assert all(row["status"] == "finished" and row["step"] == 4 for row in result.trials)
+    for trial, (mtime, metrics) in first.items():
+        run_dir = result.out_dir / "trials" / trial
+        assert (run_dir / "train.json").stat().st_mtime_ns == mtime  # not trained again
+        assert read_metrics(run_dir) == metrics
+    assert len(list((result.out_dir / "trials").glob("*/train.json"))) == 4
+    grid = sorted((row["params"]["train.aggregation"], row["params"]["train.beta"]) for row in
+                  result.trials)  # fmt: skip
+    assert [a for a, _ in grid] == ["ls", "ls", "tche", "tche"]
+    assert all(0.05 <= beta <= 0.5 for _, beta in grid)
+    assert len({beta for _, beta in grid}) == 4  # drawn per trial
+
+
+def test_each_trial_reports_the_metrics_its_run_logged(sweep):
+    _, _, result = sweep
+    for row in result.trials:
+        run_dir = result.out_dir / row["run_dir"]
+        trial_cfg = load_config(run_dir / "config.yaml")
+        assert trial_cfg.train.aggregation == row["params"]["train.aggregation"]
+        assert trial_cfg.train.beta == row["params"]["train.beta"]
+        last = [m for m in read_metrics(run_dir) if "hypervolume" in m][-1]
+        assert last["step"] == 4
+        assert row["hypervolume"] == pytest.approx(last["hypervolume"])
+        assert row["inner_product"] == pytest.approx(last["inner_product"])
+        assert row["hypervolume"] >= 0 and row["compute"] > 0
+
+
+def test_the_table_pareto_sets_and_best_config_are_written(sweep):
+    cfg, _, result = sweep
+    out = result.out_dir
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == result.trials
+    expected = [dict(row) for row in saved]
+    mark_pareto_sets(expected)
+    assert [r["pareto_hv_ip"] for r in saved] == [r["pareto_hv_ip"] for r in expected]
+    assert any(r["pareto_hv_ip"] for r in saved) and any(r["pareto_hv_compute"] for r in saved)
+    assert result.best["trial"] == best_trial(saved, "hypervolume")["trial"]
+    assert result.best["hypervolume"] == max(r["hypervolume"] for r in saved)
+    report = (out / "report.md").read_text()
+    assert (
+        sum(line.startswith(f"| {r['trial']}") for r in saved for line in report.splitlines()) == 4
+    )
+    assert (out / "pareto.png").read_bytes().startswith(b"\x89PNG")
+
+    best = load_config(result.best_config)
+    trial = load_config(out / result.best["run_dir"] / "config.yaml").model_dump()
+    trial["output_dir"] = f"{cfg.output_dir}-best"
+    del trial["tune"]
+    dumped = best.model_dump()
+    del dumped["tune"]
+    assert dumped == trial and best.tune.space == {}
+
+
+def test_the_best_config_trains_with_moa_train(sweep, capsys):
+    _, _, result = sweep
+    assert main(["train", str(result.best_config)]) == 0
+    run_dir = load_config(result.best_config).output_dir
+    assert "trained 4 steps" in capsys.readouterr().out
+    assert (os.path.isdir(f"{run_dir}/adapter")) and os.path.isfile(f"{run_dir}/eval/front.json")
