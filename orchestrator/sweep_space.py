@@ -99,10 +99,9 @@ def count_trials(cfg: RunConfig) -> int:
 
 def largest(cfg: RunConfig, key: str) -> Any:
     """The largest value the dotted field `key` takes in the sweep (its value when not swept)."""
+    current = _get(cfg.model_dump(), key)
     dimension = cfg.tune.space.get(key)
-    if dimension is None:
-        return _get(cfg.model_dump(), key)
-    return max(_candidates(dimension, _get(cfg.model_dump(), key)))
+    return current if dimension is None else max(_candidates(dimension, current))
 
 
 def _candidates(dimension: SearchDimension, current: Any) -> list[Any]:
