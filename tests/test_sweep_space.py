@@ -147,7 +147,21 @@ def test_asha_stops_on_the_metric_at_step_milestones():
     assert isinstance(scheduler, ASHAScheduler)
     assert (tune_cfg.metric, tune_cfg.mode) == ("inner_product", "max")
     assert scheduler._time_attr == "step"
-    assert scheduler._max_t == 300 and scheduler._reduction_factor == 3
-    # Milestones: grace × rf^k below max_t; a trial that reaches max_t is not stopped there.
+    assert scheduler._reduction_factor == 3
+    # Milestones: grace × rf^k before the last step; a trial that reaches it is not stopped.
     assert sorted(milestone for milestone, _ in scheduler._brackets[0]._rungs) == [20, 60, 180]
     assert scheduler._stop_last_trials is False
+    # 180 steps: no milestone at step 180, where the run saves its adapter.
+    last = sweep.tune_config(config("{train.beta: {grid: [0.1]}}", "train.max_steps=180",
+                                    "tune.scheduler=asha", "tune.grace_period=20",
+                                    "tune.reduction_factor=3",
+                                    "tune.max_concurrent_trials=1")).scheduler  # fmt: skip
+    assert sorted(milestone for milestone, _ in last._brackets[0]._rungs) == [20, 60]
+
+
+def test_asha_needs_a_milestone_before_the_last_step():
+    cfg = config("{train.beta: {grid: [0.1]}}", "train.max_steps=50", "tune.scheduler=asha")
+    with pytest.raises(MoaError, match=r"tune.grace_period \(50\) must be less than "
+                                       r"train.max_steps \(50\)"):  # fmt: skip
+        sweep.check_sweep(cfg)
+    sweep.check_sweep(config("{train.beta: {grid: [0.1]}}", "train.max_steps=50"))  # fifo

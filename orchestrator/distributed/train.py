@@ -99,10 +99,14 @@ def worker_config(cfg: RunConfig) -> dict:
 
 def ensure_ray() -> None:
     """Connect to the cluster RAY_ADDRESS names (set by `ray job submit`), else start a local
-    instance; token authentication stays on."""
+    instance; token authentication stays on. A local instance gets the dashboard, on 127.0.0.1:
+    Ray Train removes the worker group of a run whose controller was killed (a trial ASHA stops)
+    only after asking the dashboard's State API that the controller is dead."""
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+        address = os.environ.get("RAY_ADDRESS")
+        local = {} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
+        ray.init(address=address, **local)
 
 
 def train_loop(config: dict) -> None:

@@ -100,6 +100,12 @@ def check_sweep(cfg: RunConfig) -> None:
             "a sweep compares trials by the hypervolume of their fronts during training: it "
             "needs data.source: assistant, eval.enabled: true and eval.every > 0"
         )
+    if cfg.tune.scheduler == "asha" and cfg.tune.grace_period >= largest(cfg, "train.max_steps"):
+        raise MoaError(
+            f"tune.grace_period ({cfg.tune.grace_period}) must be less than train.max_steps "
+            f"({largest(cfg, 'train.max_steps')}): ASHA stops trials only at milestones before "
+            "the last step"
+        )
     if every % ev.every:
         raise MoaError(
             f"checkpoint.every ({every}) must be a multiple of eval.every ({ev.every}): every "
@@ -116,10 +122,12 @@ def tune_config(cfg: RunConfig) -> tune.TuneConfig:
     if sweep.scheduler == "asha":
         scheduler = ASHAScheduler(
             time_attr="step",
-            max_t=largest(cfg, "train.max_steps"),
+            # Milestones are grace_period·reduction_factor^k up to max_t. One at the last step
+            # would kill a trial that has trained in full while it saves its adapter.
+            max_t=largest(cfg, "train.max_steps") - 1,
             grace_period=sweep.grace_period,
             reduction_factor=sweep.reduction_factor,
-            stop_last_trials=False,  # a trial that reaches max_t finishes its run
+            stop_last_trials=False,  # a trial past the last milestone finishes its run
         )
     return tune.TuneConfig(
         metric=sweep.metric,

@@ -1,7 +1,9 @@
 """`moa tune` end to end on the shared Ray instance: a 4-trial sweep of a few steps each,
 interrupted (SIGUSR1, as Ctrl+C) once 2 trials have finished and finished by the same call; its
-table, Pareto sets and best config; the best config trained by `moa train`."""
+table, Pareto sets and best config; the best config trained by `moa train`; a trial Tune stops
+gives its workers back."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -9,10 +11,13 @@ import threading
 import time
 
 import pytest
+import ray
+from ray.tune.schedulers import FIFOScheduler
 
 from orchestrator.cli import main
 from orchestrator.config import load_config
-from orchestrator.distributed.tune import run_sweep
+from orchestrator.distributed import tune as tune_module
+from orchestrator.distributed.tune import run_sweep, tune_config
 from orchestrator.errors import MoaError
 from orchestrator.metrics_log import read_metrics
 from orchestrator.sweep_report import best_trial, mark_pareto_sets
@@ -20,7 +25,7 @@ from orchestrator.sweep_report import best_trial, mark_pareto_sets
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 
-def config(tiny_base_dir, out):
+def config(tiny_base_dir, out, *extra):
     return load_config(
         None,
         [
@@ -45,6 +50,7 @@ def config(tiny_base_dir, out):
             "tune.num_samples=2",
             "tune.max_concurrent_trials=1",
             f"output_dir={out}",
+            *extra,
         ],
     )
 
@@ -145,3 +151,34 @@ def test_the_best_config_trains_with_moa_train(sweep, capsys):
     run_dir = load_config(result.best_config).output_dir
     assert "trained 4 steps" in capsys.readouterr().out
     assert (os.path.isdir(f"{run_dir}/adapter")) and os.path.isfile(f"{run_dir}/eval/front.json")
+
+
+class StopTheSecondTrialAtStep2(FIFOScheduler):
+    """Stops a trial as ASHA stops one that trails at a milestone; on the tiny model every trial's
+    front is alike, so ASHA itself would stop none."""
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if trial.trial_id.endswith("_00001") and result["step"] >= 2:
+            return self.STOP
+        return self.CONTINUE
+
+
+def test_a_trial_tune_stops_gives_its_workers_back(tiny_base_dir, tmp_path, monkeypatch):
+    cfg = config(tiny_base_dir, tmp_path / "stopped", "tune.num_samples=1")
+
+    def stopping(cfg):
+        return dataclasses.replace(tune_config(cfg), scheduler=StopTheSecondTrialAtStep2())
+
+    monkeypatch.setattr(tune_module, "tune_config", stopping)
+    free = ray.available_resources()["CPU"]
+    result = run_sweep(cfg)
+    assert [(row["status"], row["step"]) for row in result.trials] == [
+        ("finished", 4),
+        ("stopped early", 2),
+    ]
+    assert not (result.out_dir / result.trials[1]["run_dir"] / "train.json").exists()
+    # Tune killed the second trial mid-run; Ray Train frees its worker group once it sees that.
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) < free and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == pytest.approx(free)
