@@ -71,7 +71,10 @@ def run_sweep(cfg: RunConfig, *, overwrite: bool = False) -> SweepResult:
             tune_config=tune_config(cfg),
             run_config=tune.RunConfig(name=TUNER, storage_path=str(out)),
         )
-    grid = tuner.fit()
+    tuner.fit()
+    # fit()'s own results count a trial an interrupt cut short as terminated; the state saved
+    # before that, which a restore reads, tells the trials that are done.
+    grid = tune.Tuner.restore(str(state), trainable).get_results()
     total = count_trials(cfg)
     if grid.num_terminated + grid.num_errors < total:
         raise MoaError(

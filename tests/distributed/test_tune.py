@@ -1,5 +1,5 @@
 """`moa tune` end to end on the shared Ray instance: a 4-trial sweep of a few steps each,
-interrupted (SIGUSR1, as Ctrl+C) once 2 trials have finished and finished by the same call; its
+interrupted (SIGUSR1, as Ctrl+C) in its third trial and finished by the same call; its
 table, Pareto sets and best config; the best config trained by `moa train`; a trial Tune stops
 gives its workers back."""
 
@@ -56,14 +56,17 @@ def config(tiny_base_dir, out, *extra):
 
 
 def interrupt_after(finished: int, trials_dir, stop: threading.Event) -> threading.Thread:
-    """Send this process SIGUSR1 (Tune stops as on Ctrl+C) once `finished` trials are done."""
+    """Send this process SIGUSR1 (Tune stops as on Ctrl+C) once `finished` trials are done and
+    the next one has started its run."""
 
     def watch():
         while not stop.is_set():
-            if len(list(trials_dir.glob("*/train.json"))) >= finished:
+            done = len(list(trials_dir.glob("*/train.json")))
+            started = len(list(trials_dir.glob("*/config.yaml")))
+            if done >= finished and started > finished:
                 os.kill(os.getpid(), signal.SIGUSR1)
                 return
-            time.sleep(0.2)
+            time.sleep(0.1)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -85,12 +88,13 @@ def sweep(tiny_base_dir, tmp_path_factory):
         path.parent.name: (path.stat().st_mtime_ns, read_metrics(path.parent))
         for path in (out / "trials").glob("*/train.json")
     }
-    return cfg, first, run_sweep(cfg)
+    cut_short = [path.name for path in (out / "trials").iterdir() if path.name not in first]
+    return cfg, first, cut_short, run_sweep(cfg)
 
 
 def test_a_restored_sweep_runs_only_the_trials_left(sweep):
-    _, first, result = sweep
-    assert len(first) == 2
+    _, first, cut_short, result = sweep
+    assert len(first) == 2 and len(cut_short) == 1
     assert len(result.trials) == 4
     assert all(row["status"] == "finished" and row["step"] == 4 for row in result.trials)
     for trial, (mtime, metrics) in first.items():
@@ -106,7 +110,7 @@ def test_a_restored_sweep_runs_only_the_trials_left(sweep):
 
 
 def test_each_trial_reports_the_metrics_its_run_logged(sweep):
-    _, _, result = sweep
+    _, _, _, result = sweep
     for row in result.trials:
         run_dir = result.out_dir / row["run_dir"]
         trial_cfg = load_config(run_dir / "config.yaml")
@@ -120,7 +124,7 @@ def test_each_trial_reports_the_metrics_its_run_logged(sweep):
 
 
 def test_the_table_pareto_sets_and_best_config_are_written(sweep):
-    cfg, _, result = sweep
+    cfg, _, _, result = sweep
     out = result.out_dir
     saved = json.loads((out / "results.json").read_text())
     assert saved == result.trials
@@ -146,7 +150,7 @@ def test_the_table_pareto_sets_and_best_config_are_written(sweep):
 
 
 def test_the_best_config_trains_with_moa_train(sweep, capsys):
-    _, _, result = sweep
+    _, _, _, result = sweep
     assert main(["train", str(result.best_config)]) == 0
     run_dir = load_config(result.best_config).output_dir
     assert "trained 4 steps" in capsys.readouterr().out
