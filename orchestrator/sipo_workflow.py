@@ -60,7 +60,7 @@ from orchestrator.workflow import (
     run_panacea,
 )
 
-SIPO_OUTPUTS = ("panacea", "start_eval", "sipo.json", "report.md", "fronts.png")
+SIPO_OUTPUTS = ("round_*", "panacea", "start_eval", "sipo.json", "report.md", "fronts.png")
 
 
 @dataclass
@@ -72,12 +72,9 @@ class SIPOResult:
 
 def run_sipo(cfg: RunConfig, *, progress: bool = True, overwrite: bool = False) -> SIPOResult:
     """Panacea (unless sipo.init_from names a finished run), then `sipo.rounds` rounds."""
-    run_dir = Path(cfg.output_dir)
-    check_run_dir(run_dir, overwrite)
+    check_run_dir(Path(cfg.output_dir), overwrite)
     dataset = _check_inputs(cfg)
-    for path in [*run_dir.glob("round_*"), *(run_dir / name for name in SIPO_OUTPUTS)]:
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    return _run(cfg, prepare_run_dir(cfg), dataset, progress)
+    return _run(cfg, prepare_run_dir(cfg, SIPO_OUTPUTS), dataset, progress)
 
 
 def resume_sipo(run_dir: str | Path, *, progress: bool = True) -> SIPOResult:

@@ -44,7 +44,7 @@ from orchestrator.workflow import (
     train_model,
 )
 
-SPO_OUTPUTS = ("logprobs", "adapter", "spo.json", "eval")
+SPO_OUTPUTS = ("stage_*", "logprobs", "adapter", "spo.json", "eval")
 
 
 @dataclass
@@ -56,12 +56,9 @@ class SPOResult:
 
 
 def run_spo(cfg: RunConfig, *, progress: bool = True, overwrite: bool = False) -> SPOResult:
-    run_dir = Path(cfg.output_dir)
-    check_run_dir(run_dir, overwrite)
+    check_run_dir(Path(cfg.output_dir), overwrite)
     pairs = check_training_inputs(cfg)
-    for path in [*run_dir.glob("stage_*"), *(run_dir / name for name in SPO_OUTPUTS)]:
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    return _finish(cfg, prepare_run_dir(cfg), pairs, progress)
+    return _finish(cfg, prepare_run_dir(cfg, SPO_OUTPUTS), pairs, progress)
 
 
 def resume_spo(run_dir: str | Path, *, progress: bool = True) -> SPOResult:

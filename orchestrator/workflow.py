@@ -109,16 +109,14 @@ def claim_output_dir(cfg: RunConfig, overwrite: bool, kind: str) -> Path:
     return out
 
 
-def prepare_run_dir(cfg: RunConfig) -> Path:
+def prepare_run_dir(cfg: RunConfig, outputs: tuple[str, ...] = ()) -> Path:
     """The run folder with the resolved config written first. An earlier run's results go
-    first, so an adapter never sits next to a config it was not trained with."""
+    first (RUN_OUTPUTS and a workflow's own `outputs`, glob patterns), so an adapter never sits
+    next to a config it was not trained with."""
     run_dir = Path(cfg.output_dir)
-    for name in RUN_OUTPUTS:
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+    for pattern in (*RUN_OUTPUTS, *outputs):
+        for path in run_dir.glob(pattern):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     return run_dir

@@ -1,7 +1,11 @@
+from pathlib import Path
+
 import pytest
 
 from orchestrator.config import RunConfig, load_config
+from orchestrator.distributed.tune import check_sweep
 from orchestrator.errors import MoaError
+from orchestrator.sweep_space import count_trials
 
 
 def test_defaults_are_the_demo():
@@ -71,3 +75,17 @@ def test_bad_files(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(MoaError, match="mapping of sections"):
         load_config(tmp_path / "list.yaml")
+
+
+JOBS = Path(__file__).parents[1] / "jobs"
+
+
+@pytest.mark.parametrize("job", sorted(JOBS.glob("*.yaml")), ids=lambda path: path.name)
+def test_every_job_config_loads_into_its_own_folder(job):
+    assert load_config(job).output_dir != RunConfig().output_dir
+
+
+def test_the_tune_job_is_a_valid_sweep_of_9_trials():
+    cfg = load_config(JOBS / "tune_tiny.yaml")
+    check_sweep(cfg)
+    assert count_trials(cfg) == 9

@@ -179,7 +179,7 @@ class PanaceaTrainer:
                 )
         self.margins = margins
         self.reference = reference
-        if cfg.reference == "initial":
+        if cfg.reference == "initial" and reference is None:
             freeze_anchor(model)  # before a checkpoint moves the adapter on
         self.step = 0
         steps_per_epoch(len(pairs), self.global_batch)  # fails now if one batch does not fit

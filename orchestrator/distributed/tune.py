@@ -51,14 +51,12 @@ class SweepResult:
 def run_sweep(cfg: RunConfig, *, overwrite: bool = False) -> SweepResult:
     """Run the sweep `cfg` describes into cfg.output_dir, or finish a stopped one there."""
     check_sweep(cfg)
-    pairs = check_training_inputs(cfg)
+    check_training_inputs(cfg)  # also builds the built-in base once, before the trials
     out = claim_output_dir(cfg, overwrite, "sweep").resolve()
 
     ensure_ray()
     trainable = tune.with_resources(
-        tune.with_parameters(
-            run_trial, sweep=cfg.model_dump(), trials_dir=str(out / TRIALS), pairs=pairs
-        ),
+        tune.with_parameters(run_trial, sweep=cfg, trials_dir=str(out / TRIALS)),
         {"cpu": TRIAL_CPUS},
     )
     state = out / TUNER
@@ -98,7 +96,7 @@ def check_sweep(cfg: RunConfig) -> None:
     """Everything a sweep needs, checked before any trial starts."""
     check_space(cfg)
     ev, every = cfg.eval, cfg.checkpoint.every
-    if not (ev.enabled and cfg.data.source == "assistant" and ev.every > 0):
+    if not (ev.enabled and ev.every > 0):
         raise MoaError(
             "a sweep compares trials by the hypervolume of their fronts during training: it "
             "needs data.source: assistant, eval.enabled: true and eval.every > 0"
@@ -170,18 +168,19 @@ def concurrent_trials(cfg: RunConfig) -> int:
     return fits
 
 
-def run_trial(params: dict, *, sweep: dict, trials_dir: str, pairs) -> None:
-    """One trial: the Ray Train run of the sweep's config with `params`. A run already finished
-    (a restored sweep) is not trained again; its last evaluation is reported instead."""
+def run_trial(params: dict, *, sweep: RunConfig, trials_dir: str) -> None:
+    """One trial: the Ray Train run of the sweep's config with `params`, on the data that config
+    names (a sweep may vary data.*). A run already finished (a restored sweep) is not trained
+    again; its last evaluation is reported instead."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    cfg = RunConfig.model_validate(sweep)
     run_dir = Path(trials_dir) / tune.get_context().get_trial_id()
-    cfg = trial_config(cfg, params, str(run_dir))
+    cfg = trial_config(sweep, params, str(run_dir))
     if (run_dir / "train.json").is_file():
         evaluated = [row for row in read_metrics(run_dir) if "hypervolume" in row]
         tune.report(evaluated[-1])
         return
+    pairs = check_training_inputs(cfg)
     train_model(cfg, pairs, progress=False, callbacks=[TuneReportCallback()])
 
 

@@ -55,7 +55,7 @@ def config(tiny_base_dir, out, *extra):
     )
 
 
-def interrupt_after(finished: int, trials_dir, stop: threading.Event) -> threading.Thread:
+def interrupt_after(finished: int, trials_dir, stop: threading.Event) -> None:
     """Send this process SIGUSR1 (Tune stops as on Ctrl+C) once `finished` trials are done and
     the next one has started its run."""
 
@@ -68,9 +68,7 @@ def interrupt_after(finished: int, trials_dir, stop: threading.Event) -> threadi
                 return
             time.sleep(0.1)
 
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=watch, daemon=True).start()
 
 
 @pytest.fixture(scope="module")
