@@ -18,7 +18,7 @@ import time
 import torch
 import transformers
 
-from orchestrator.config import GenerationSection
+from orchestrator.config.sections import GenerationSection
 from orchestrator.data.assistant_task import AssistantTask
 from orchestrator.data.encoding import encode_prompt
 from orchestrator.distributed.generation import GenerationRequest, pool_for

@@ -105,8 +105,9 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from orchestrator.distributed.serve import deploy, served_model
+    from orchestrator.distributed.serve import deploy
     from orchestrator.model.loading import resolve_model_path
+    from orchestrator.recipes.serve import served_model
 
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:

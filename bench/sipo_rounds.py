@@ -17,7 +17,7 @@ from pathlib import Path
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from orchestrator.config import load_config
-from orchestrator.sipo_workflow import resume_sipo, run_sipo
+from orchestrator.recipes.sipo import resume_sipo, run_sipo
 
 
 def main() -> None:

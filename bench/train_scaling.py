@@ -110,7 +110,7 @@ def matmul_peak(n: int, reps: int, warmup: int = 3) -> float:
 
 def bench_run(path: str, workers: int, steps: int, args: argparse.Namespace) -> dict:
     """One run_panacea; the per-step numbers are means over the steps after the first."""
-    from orchestrator.workflow import run_panacea
+    from orchestrator.recipes.panacea import run_panacea
 
     accum = args.global_batch // (args.batch_size * workers)
     with tempfile.TemporaryDirectory(prefix="moa-bench-scaling-") as out:

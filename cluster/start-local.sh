@@ -40,7 +40,7 @@ instructions() {
 Ray head: 127.0.0.1:$RAY_PORT, dashboard: http://127.0.0.1:$DASHBOARD_PORT
 Submit a job (from the repository root, inside the venv):
   export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH
-  ray job submit --address http://127.0.0.1:$DASHBOARD_PORT --working-dir . --runtime-env cluster/runtime_env.yaml -- python jobs/panacea.py jobs/panacea_tiny.yaml
+  ray job submit --address http://127.0.0.1:$DASHBOARD_PORT --working-dir . --runtime-env cluster/runtime_env.yaml -- python -m orchestrator.cli train jobs/panacea_tiny.yaml
 A driver on this machine: the same two variables and ray.init(address="127.0.0.1:$RAY_PORT")
 (not address="auto", which picks whichever cluster registered last under /tmp/ray).
 Stop it: ray stop   (it stops every Ray process of this user on this machine)

@@ -1,4 +1,6 @@
-"""The `moa` command line."""
+"""The `moa` command line: arguments in, a recipe run, its result printed.
+
+`python -m orchestrator.cli COMMAND ...` is the same, for `ray job submit`."""
 
 import argparse
 import os
@@ -34,43 +36,33 @@ def main(argv: list[str] | None = None) -> int:
         "train a steerable model on Ray Train (a local Ray instance, or the cluster "
         "RAY_ADDRESS names)",
     )
-
     _add_run_command(
         commands,
         "sipo",
         "SIPO self-improvement rounds on a Panacea model (trained first unless "
         "sipo.init_from names a finished run)",
     )
-
     _add_run_command(
         commands,
         "spo",
         "SPO: align the objectives one after another (spo.order), each stage anchored on the last",
     )
-
-    compare = commands.add_parser(
+    _add_run_command(
+        commands,
         "compare",
-        help="train Panacea (LS, Tche), SPO, SIPO, DPO soups, DPS and MODPO on the built-in task "
+        "train Panacea (LS, Tche), SPO, SIPO, DPO soups, DPS and MODPO on the built-in task "
         "for each seed of compare.seeds and write one table and one picture (run it again to "
         "resume)",
+        resumable=False,
     )
-    compare.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
-    compare.add_argument(
-        "--overwrite", action="store_true", help="replace a comparison with another config"
-    )
-    compare.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-
-    sweep = commands.add_parser(
+    _add_run_command(
+        commands,
         "tune",
-        help="a Ray Tune sweep of training runs over tune.space, compared by their fronts; "
+        "a Ray Tune sweep of training runs over tune.space, compared by their fronts; "
         "writes a table, the Pareto sets of trials and the best config (run it again to finish "
         "a stopped sweep)",
+        resumable=False,
     )
-    sweep.add_argument("config", help="YAML config with a tune section")
-    sweep.add_argument(
-        "--overwrite", action="store_true", help="replace a sweep with another config"
-    )
-    sweep.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
     serve = commands.add_parser(
         "serve",
@@ -105,178 +97,145 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     args.overrides = [*args.overrides, *unknown]
     try:
-        if args.command == "demo":
-            from orchestrator.demo import run_demo
-
-            run_demo(args.output_dir, quick=args.quick, overrides=args.overrides)
-        elif args.command == "train":
-            _train(args.config, args.resume, args.overwrite, args.overrides)
-        elif args.command == "sipo":
-            _sipo(args.config, args.resume, args.overwrite, args.overrides)
-        elif args.command == "spo":
-            _spo(args.config, args.resume, args.overwrite, args.overrides)
-        elif args.command == "compare":
-            _compare(args.config, args.overwrite, args.overrides)
-        elif args.command == "tune":
-            _tune(args.config, args.overwrite, args.overrides)
-        elif args.command == "serve":
-            _serve(args.source, args.detach, args.overrides)
-        elif args.command == "eval":
-            _evaluate(args.run_dir, args.output_dir, args.overrides)
+        COMMANDS[args.command](args)
     except MoaError as err:
         print(f"moa {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
 
 
-def _add_run_command(commands, name: str, help_text: str) -> None:
-    """A command that starts a run from a config, or continues a stopped one."""
+def _add_run_command(commands, name: str, help_text: str, resumable: bool = True) -> None:
+    """A command that runs a recipe from a config (YAML and key=value overrides), or (with
+    `resumable`) continues a stopped run with --resume; the others resume when run again."""
     command = commands.add_parser(name, help=help_text)
     command.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
-    command.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    if resumable:
+        command.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
     command.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     command.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
-def _run_config(config: str | None, resume: str | None, overrides: list[str]):
+def _run_config(args):
     """The config of a new run (None with --resume, which takes the run's own config.yaml)."""
     from orchestrator.config import load_config
 
+    config, overrides = args.config, args.overrides
     if config is not None and "=" in config and not os.path.exists(config):
         config, overrides = None, [config, *overrides]  # only overrides of the defaults
-    if resume is not None:
+    if getattr(args, "resume", None) is not None:
         if config is not None or overrides:
             raise MoaError("--resume takes the run's own config.yaml; give no config or overrides")
         return None
     return load_config(config, overrides)
 
 
-def _train(config: str | None, resume: str | None, overwrite: bool, overrides: list[str]):
-    from orchestrator.workflow import resume_panacea, run_panacea
+def _print_front(front, out_dir) -> None:
+    from orchestrator.evaluation.report import summary_lines
 
-    cfg = _run_config(config, resume, overrides)
-    result = resume_panacea(resume) if cfg is None else run_panacea(cfg, overwrite=overwrite)
+    if front is not None:
+        print("\n".join(summary_lines(front)))
+        print(
+            f"written: {out_dir / 'front.json'}, {out_dir / 'front.png'}, {out_dir / 'report.md'}"
+        )
+
+
+def _demo(args) -> None:
+    from orchestrator.recipes.demo import run_demo
+
+    run_demo(args.output_dir, quick=args.quick, overrides=args.overrides)
+
+
+def _train(args) -> None:
+    from orchestrator.recipes.panacea import resume_panacea, run_panacea
+
+    cfg = _run_config(args)
+    result = (
+        resume_panacea(args.resume) if cfg is None else run_panacea(cfg, overwrite=args.overwrite)
+    )
     last = result.history[-1] if result.history else {}
     print(
         f"trained {last.get('step', 0)} steps in {result.train_seconds:.0f} s; "
         f"final loss {last.get('loss', float('nan')):.4f}; run folder {result.run_dir}"
     )
-    if result.front is not None:
-        metrics = result.front.metrics()
-        print(
-            f"front: hypervolume {metrics['hypervolume']:.4f} "
-            f"(base model {metrics['base_hypervolume']:.4f}), "
-            f"inner product {metrics['inner_product']:.4f}; "
-            f"{result.run_dir / 'eval' / 'front.png'}"
-        )
+    _print_front(result.front, result.run_dir / "eval")
 
 
-def _sipo(config: str | None, resume: str | None, overwrite: bool, overrides: list[str]):
-    from orchestrator.sipo_workflow import resume_sipo, run_sipo
+def _sipo(args) -> None:
+    from orchestrator.evaluation.sipo_report import round_line
+    from orchestrator.recipes.sipo import resume_sipo, run_sipo
 
-    cfg = _run_config(config, resume, overrides)
-    result = resume_sipo(resume) if cfg is None else run_sipo(cfg, overwrite=overwrite)
+    cfg = _run_config(args)
+    result = resume_sipo(args.resume) if cfg is None else run_sipo(cfg, overwrite=args.overwrite)
     for stats in result.rounds:
-        line = (
-            f"round {stats['round']}: {stats['survivors']}/{stats['pairs_tried']} conflicting "
-            f"pairs improved ({stats['acceptance_rate']:.1%}), {stats['new_pairs']} new pairs, "
-            f"{stats['realign_steps']} re-alignment steps"
-        )
-        if "hypervolume_after" in stats:
-            line += (
-                f"; hypervolume {stats['hypervolume_before']:.4f} → "
-                f"{stats['hypervolume_after']:.4f}"
-            )
-        print(line)
+        print(round_line(stats))
     print(f"run folder {result.run_dir} (report.md, fronts.png, adapter/)")
 
 
-def _spo(config: str | None, resume: str | None, overwrite: bool, overrides: list[str]):
-    from orchestrator.spo_workflow import resume_spo, run_spo
+def _spo(args) -> None:
+    from orchestrator.recipes.spo import resume_spo, run_spo
 
-    cfg = _run_config(config, resume, overrides)
-    result = resume_spo(resume) if cfg is None else run_spo(cfg, overwrite=overwrite)
+    cfg = _run_config(args)
+    result = resume_spo(args.resume) if cfg is None else run_spo(cfg, overwrite=args.overwrite)
     for stage in result.stages:
         print(
             f"stage {stage['stage']}: {stage['objective']} (β {stage['beta']:g}), "
             f"{stage['seconds']:.0f} s"
         )
-    if result.front is not None:
-        metrics = result.front.metrics()
-        print(
-            f"hypervolume {metrics['hypervolume']:.4f}, inner product "
-            f"{metrics['inner_product']:.4f}; {result.run_dir / 'eval' / 'front.png'}"
-        )
+    _print_front(result.front, result.run_dir / "eval")
     print(f"run folder {result.run_dir} (adapter/, spo.json)")
 
 
-def _compare(config: str | None, overwrite: bool, overrides: list[str]) -> None:
-    from orchestrator.compare import render_table, run_compare
+def _compare(args) -> None:
+    from orchestrator.evaluation.compare_report import render_table
+    from orchestrator.recipes.compare import run_compare
 
-    cfg = _run_config(config, None, overrides)
-    result = run_compare(cfg, overwrite=overwrite)
+    cfg = _run_config(args)
+    result = run_compare(cfg, overwrite=args.overwrite)
     print(render_table(result.table, cfg))
     print(f"written: {result.out_dir / 'report.md'}, {result.out_dir / 'fronts.png'}")
 
 
-def _tune(config: str, overwrite: bool, overrides: list[str]) -> None:
-    from orchestrator.distributed.tune import run_sweep
+def _tune(args) -> None:
+    from orchestrator.recipes.sweep import run_sweep
 
-    result = run_sweep(_run_config(config, None, overrides), overwrite=overwrite)
+    result = run_sweep(_run_config(args), overwrite=args.overwrite)
     print((result.out_dir / "report.md").read_text())
     print(f"written: {result.out_dir / 'report.md'}, {result.out_dir / 'pareto.png'}")
     print(f"best trial {result.best['trial']}: moa train {result.best_config}")
 
 
-def _serve(source: str, detach: bool, overrides: list[str]) -> None:
-    import time
+def _serve(args) -> None:
+    from orchestrator.recipes.serve import serve_until_interrupted, start_serving
 
-    import ray
-    from ray import serve
-
-    from orchestrator.distributed.serve import deploy, served_model
-
-    served = served_model(source, overrides)
-    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
-    if detach and ray._private.worker.global_worker.node.head:
-        raise MoaError(
-            "--detach needs a Ray cluster that outlives this command (RAY_ADDRESS, or a head "
-            "started with `ray start --head`); without one, leave --detach out"
-        )
-    url = deploy(served)
+    served, url = start_serving(args.source, args.overrides, args.detach)
     s = served.settings
     print(
         f"serving {served.adapter} as model {s.model_name!r} at {url}/v1 "
         f"(objectives {served.objectives}; λ per request: body field 'preference' or "
         f"model '{s.model_name}:w1,...,wm')"
     )
-    if detach:
-        return
-    print("Ctrl-C stops it")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        serve.delete(s.app_name)
+    if not args.detach:
+        print("Ctrl-C stops it")
+        serve_until_interrupted(served)
 
 
-def _evaluate(run_dir: str, output_dir: str | None, overrides: list[str]) -> None:
-    from pathlib import Path
+def _evaluate(args) -> None:
+    from orchestrator.recipes.evaluate import evaluate_folder
 
-    from orchestrator.workflow import evaluate_with_pool, load_run
+    front, out_dir = evaluate_folder(args.run_dir, args.output_dir, args.overrides)
+    _print_front(front, out_dir)
 
-    bad = [o for o in overrides if not o.startswith(("eval.", "generation."))]
-    if bad:
-        raise MoaError(f"moa eval only takes eval.* and generation.* overrides; got {bad}")
-    cfg, tokenizer, model = load_run(run_dir, overrides)
-    out_dir = Path(output_dir or Path(run_dir) / "eval")
-    front = evaluate_with_pool(cfg, model, tokenizer, out_dir)
-    metrics = front.metrics()
-    print(
-        f"hypervolume {metrics['hypervolume']:.4f}, inner product {metrics['inner_product']:.4f}, "
-        f"sparsity {metrics['sparsity']:.4f}, spacing {metrics['spacing']:.4f}"
-    )
-    print(f"written: {out_dir / 'front.json'}, {out_dir / 'front.png'}, {out_dir / 'report.md'}")
+
+COMMANDS = {
+    "demo": _demo,
+    "train": _train,
+    "sipo": _sipo,
+    "spo": _spo,
+    "compare": _compare,
+    "tune": _tune,
+    "serve": _serve,
+    "eval": _evaluate,
+}
 
 
 if __name__ == "__main__":

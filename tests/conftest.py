@@ -67,6 +67,33 @@ def tiny_base_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_config(tiny_base_dir):
+    """tiny_config(output_dir, *overrides): a run of a few steps on the session's tiny model and
+    a small built-in task, without TensorBoard or MLflow; later overrides win."""
+    from orchestrator.config import load_config
+
+    def make(output_dir, *overrides):
+        return load_config(
+            None,
+            [
+                f"model.name_or_path={tiny_base_dir}",
+                "data.num_pairs=48",
+                "adapter.rank=4",
+                "train.batch_size=4",
+                "train.max_steps=2",
+                "train.warmup_steps=0",
+                "train.learning_rate=1e-2",
+                "logging.tensorboard=false",
+                "logging.mlflow=false",
+                f"output_dir={output_dir}",
+                *overrides,
+            ],
+        )
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tokenizer(tiny_base_dir):
     from orchestrator.model.loading import load_tokenizer
 
@@ -81,6 +108,33 @@ def encoded(tokenizer):
 
     pairs = AssistantTask(seed=0).preference_pairs(64, ("helpful", "harmless"))
     return encode_pairs(tokenizer, pairs, max_prompt_tokens=32, max_response_tokens=48)
+
+
+@pytest.fixture(scope="session")
+def train_here():
+    """A stand-in for distributed.train.train that runs the same training in this process, on one
+    rank (training/loop.py, the loop each Ray Train worker runs); returns its seconds."""
+    from orchestrator.training.loop import train_rank
+
+    def train(cfg, run_dir, pairs, progress=True, margins=None, reference=None, callbacks=None):
+        start = time.perf_counter()
+        train_rank(cfg, run_dir, pairs, margins=margins, reference=reference)
+        return time.perf_counter() - start
+
+    return train
+
+
+@pytest.fixture(scope="module")
+def train_in_process(train_here):
+    """Recipes train their models in this process (train_here) for the tests of a module whose
+    subject is the recipe rather than Ray Train: which models it trains or reuses, its run
+    folders, its report. Ray Train itself, and a recipe's tensors through it, are tested in
+    tests/distributed/test_train.py and by the SPO, SIPO, sweep and demo tests."""
+    from orchestrator.recipes import run_folder
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_folder, "train", train_here)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +209,7 @@ def _stop_head(sid: int, marker: str) -> None:
     # Not `ray stop`: it kills every Ray process of this user on the machine, including this
     # test session's own ray.init() cluster and anyone else's.
     procs = [p for p in _head_processes(sid, marker) if p.pid != os.getpid()]
-    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    for sig, wait_s in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
         for proc in procs:
             with contextlib.suppress(psutil.Error):
                 proc.send_signal(sig)
@@ -250,6 +304,9 @@ def ray_head(tmp_path_factory):
         DASHBOARD_PORT=str(dashboard_port),
         NUM_CPUS="4",
         RAY_TEMP_DIR=temp_dir,
+        # Ray Train's controller polls its workers every 2 s by default, so each run ends up to
+        # two polls after its last step; the suite starts some thirty runs.
+        RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.25",
         RAY_AUTH_TOKEN_PATH=str(token_path),
         MOA_TEST_RAY_HEAD=marker,
     )

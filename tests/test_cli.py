@@ -6,6 +6,7 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.model.adapter_io import read_adapter_config
+from orchestrator.recipes import run_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
 
@@ -101,10 +102,15 @@ def test_errors_are_one_line_and_exit_2(capsys, tmp_path):
     assert not (tmp_path / "compare").exists()  # nothing half-written
 
 
-def test_demo_with_three_objectives_evaluates_a_simplex_lattice(quick_run, tmp_path, capsys):
+def test_demo_with_three_objectives_evaluates_a_simplex_lattice(
+    quick_run, tmp_path, capsys, monkeypatch, train_here
+):
+    """Trained in this process (the quick demo above trains on Ray), evaluated on the pool."""
+    monkeypatch.setattr(run_folder, "train", train_here)
     run_dir = tmp_path / "three"
     objectives = "data.objectives=[helpful, harmless, concise]"
-    assert main(["demo", "--quick", "--output-dir", str(run_dir), objectives]) == 0
+    shorter = ["train.max_steps=4", "eval.num_prompts=2", "eval.max_new_tokens=16"]
+    assert main(["demo", "--quick", "--output-dir", str(run_dir), objectives, *shorter]) == 0
     front = json.loads((run_dir / "eval" / "front.json").read_text())
     assert len(front["points"]) == 15  # multiples of 1/4 on the 3-simplex
     assert set(front["points"][0]["scores"]) == {"helpful", "harmless", "concise"}

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from orchestrator.algorithms.panacea import PanaceaTrainer
-from orchestrator.config import TrainSection
+from orchestrator.config.sections import TrainSection
 from orchestrator.data.assistant_task import AssistantTask
 from orchestrator.data.encoding import encode_pairs
 from orchestrator.model.generate import SamplingParams, generate
 from orchestrator.model.loading import load_model, load_tokenizer
 from orchestrator.model.svd_lora import adapter_parameters, inject_svd_lora, preference
+from orchestrator.training.trainer import MultiObjectiveTrainer
 
 pytestmark = pytest.mark.gpu
 
@@ -22,7 +22,9 @@ def test_bf16_training_and_per_row_steering_on_cuda(tiny_base_dir):
     pairs = AssistantTask().preference_pairs(32, ("helpful", "harmless"))
     encoded = encode_pairs(tokenizer, pairs, 32, 48)
     cfg = TrainSection(batch_size=4, grad_accum_steps=2, max_steps=3, aggregation="tche")
-    history = PanaceaTrainer(model, encoded, tokenizer.pad_token_id, cfg).train(progress=False)
+    history = MultiObjectiveTrainer(model, encoded, tokenizer.pad_token_id, cfg).train(
+        progress=False
+    )
     assert all(torch.isfinite(torch.tensor(r.objective_losses)).all() for r in history)
 
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]], device="cuda")

@@ -1,29 +1,17 @@
-"""Panacea: one SVD-LoRA model for every preference, trained with λ sampled per step.
+"""Panacea's training step on one batch (ALGORITHMS.md §1): the policy's and the anchor's
+response log-probs, every objective's loss at preference λ, and their aggregation.
 
-`objective_losses` / `panacea_loss` are the training step's maths on one batch; `PanaceaTrainer`
-owns λ sampling, data order and the step; an engine (orchestrator.engine) owns the optimizer and
-the gradient sync between data-parallel ranks. Nothing here knows about Ray.
+Every method trains through these (training/trainer.py): the baselines and SPO are the same
+losses with λ fixed, one objective alone, or per-pair margins. Nothing here knows about Ray.
 """
-
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from orchestrator.config import TrainSection
-from orchestrator.data.batching import step_indices, steps_per_epoch
-from orchestrator.data.encoding import EncodedPair, collate_pairs
-from orchestrator.engine import LocalEngine
-from orchestrator.errors import MoaError
-from orchestrator.model.svd_lora import adapter_disabled, anchored, freeze_anchor, preference
+from orchestrator.config.sections import TrainSection
+from orchestrator.model.svd_lora import adapter_disabled, anchored, preference
 from orchestrator.objectives import (
-    PreferenceSampler,
     aggregate,
-    aggregation_weights,
-    non_tie_counts,
     per_objective_dpo_losses,
     per_objective_sft_losses,
     sequence_logprobs,
@@ -112,221 +100,22 @@ def panacea_loss(
     return aggregate(losses, pref.to(losses.device), cfg.aggregation, mu=cfg.stch_mu), losses
 
 
-@dataclass
-class StepResult:
-    step: int  # optimizer steps done; this one trained with the λ and data of index step − 1
-    loss: float  # the aggregated loss of the step's per-objective means
-    objective_losses: list[float]
-    preference: list[float]
-    learning_rate: float
-    tokens: int  # over all ranks
-    seconds: float
-    data_seconds: float  # collating micro-batches and their reference log-probs
-    compute_seconds: float  # forward and backward passes
-    optimizer_seconds: float  # gradient sync at the boundary, clipping, update
-
-    def as_dict(self) -> dict:
-        return {**self.__dict__, "tokens_per_s": self.tokens / max(self.seconds, 1e-9)}
-
-
-class PanaceaTrainer:
-    """Panacea training on this process's share of every global batch.
-
-    λ for step t and the examples of step t are pure functions of (seed, t), so a resumed run
-    repeats the same steps and data-parallel ranks draw the same λ without talking. The global
-    batch is batch_size × ranks × grad_accum_steps pairs; rank r takes the r-th slice, cut into
-    micro-batches. A step is exactly the step over the whole global batch, however it is cut:
-    per-objective means are normalised by the global batch's non-tie counts, and Tche / STCH weight
-    the objectives by the aggregation's gradient at the global means. The model runs in eval mode
-    (dropout off, as TRL does by default), so policy and reference see the same network.
-    `engine` (default: one process) owns the optimizer and combines the ranks' gradients.
-
-    The baselines are the same trainer with fewer degrees of freedom: `preference` fixes λ for
-    every step (RunConfig.fixed_preference), `objective` (an index) trains that objective's loss
-    alone, and `margins` [pairs, m] are subtracted from each objective's DPO logit per pair.
-    `reference` [pairs, 2]: the anchor's log-probs, when the caller has them already.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        pairs: list[EncodedPair],
-        pad_id: int,
-        cfg: TrainSection,
-        engine: LocalEngine | None = None,
-        *,
-        preference: list[float] | None = None,
-        objective: int | None = None,
-        margins: torch.Tensor | None = None,
-        reference: torch.Tensor | None = None,
-    ):
-        if not pairs:
-            raise MoaError("there are no training pairs: the training split is empty")
-        self.model, self.pairs, self.pad_id, self.cfg = model, pairs, pad_id, cfg
-        self.engine = engine or LocalEngine(model, cfg)
-        self.num_objectives = len(pairs[0].signs)
-        self.device = self.engine.parameters[0].device
-        self.sampler = PreferenceSampler(self.num_objectives, cfg.vertex_probability, cfg.seed)
-        self.fixed_preference = None if preference is None else torch.tensor(preference)
-        self.objective = objective
-        for name, tensor, width in (
-            ("margins", margins, self.num_objectives),
-            ("reference", reference, 2),
-        ):
-            if tensor is not None and tensor.shape != (len(pairs), width):
-                raise MoaError(
-                    f"{name} must have shape [{len(pairs)}, {width}]; got {list(tensor.shape)}"
-                )
-        self.margins = margins
-        self.reference = reference
-        if cfg.reference == "initial" and reference is None:
-            freeze_anchor(model)  # before a checkpoint moves the adapter on
-        self.step = 0
-        steps_per_epoch(len(pairs), self.global_batch)  # fails now if one batch does not fit
-
-    @property
-    def optimizer(self):
-        return self.engine.optimizer
-
-    @property
-    def global_batch(self) -> int:
-        return self.cfg.batch_size * self.engine.world_size * self.cfg.grad_accum_steps
-
-    @property
-    def epoch_and_position(self) -> tuple[int, int]:
-        """(epochs done, steps done in the current epoch) after `step` steps."""
-        return divmod(self.step, steps_per_epoch(len(self.pairs), self.global_batch))
-
-    def precompute_reference(self, progress: bool = False) -> None:
-        """Reference log-probs of every pair, once: the anchor never changes (the base model, or
-        the frozen initial adapter at a fixed λ). Each rank computes an equal share (wrapping
-        around at the end) and all ranks gather the whole."""
-        size, total, ranks = self.cfg.batch_size, len(self.pairs), self.engine.world_size
-        share = -(-total // ranks)
-        mine = [(self.engine.rank * share + i) % total for i in range(share)]
-        chunks = [mine[i : i + size] for i in range(0, share, size)]
-        anchor = None
-        if self.fixed_preference is not None:
-            anchor = anchor_preference(self.cfg, self.fixed_preference.to(self.device))
-        parts = [
-            reference_logprobs(self.model, self._collate(chunk), anchor)
-            for chunk in tqdm(chunks, desc="reference log-probs", disable=not progress)
-        ]
-        gathered = self.engine.all_gather(torch.cat(parts))
-        self.reference = torch.cat(gathered)[:total].cpu()
-
-    def _collate(self, indices) -> dict[str, torch.Tensor]:
-        indices = list(indices)
-        batch = collate_pairs([self.pairs[i] for i in indices], self.pad_id)
-        if self.reference is not None:
-            batch["reference_logps"] = self.reference[indices]
-        if self.margins is not None:
-            batch["margins"] = self.margins[indices]
-        return {name: tensor.to(self.device) for name, tensor in batch.items()}
-
-    def _training_batch(self, indices, pref: torch.Tensor) -> dict[str, torch.Tensor]:
-        """A micro-batch that carries its reference log-probs, so that no pass of the step
-        computes them again."""
-        batch = self._collate(indices)
-        if self.cfg.loss == "dpo" and "reference_logps" not in batch:
-            anchor = anchor_preference(self.cfg, pref)
-            batch["reference_logps"] = reference_logprobs(self.model, batch, anchor)
-        return batch
-
-    def train_step(self) -> StepResult:
-        start = time.perf_counter()
-        was_training = self.model.training
-        self.model.eval()
-        cfg, engine = self.cfg, self.engine
-        pref = self.preference_at(self.step).to(self.device)
-        indices = step_indices(len(self.pairs), self.global_batch, cfg.seed, self.step)
-        counts = non_tie_counts(torch.tensor([self.pairs[i].signs for i in indices])).to(
-            self.device
-        )
-        share = cfg.batch_size * cfg.grad_accum_steps
-        mine = indices[engine.rank * share : (engine.rank + 1) * share]
-        batches = [
-            self._training_batch(mine[i : i + cfg.batch_size], pref)
-            for i in range(0, share, cfg.batch_size)
-        ]
-        data_done = time.perf_counter()
-        # LS is linear: the micro-batches' aggregated losses add up to the step's. Tche and STCH
-        # are not, so when the step is cut, find its means first, then weight each objective by
-        # the aggregation's gradient there.
-        weights = None
-        aggregated = self.objective is None and cfg.aggregation != "ls"
-        if len(batches) * engine.world_size > 1 and aggregated:
-            with torch.no_grad():
-                means = sum(objective_losses(engine.module, b, pref, cfg, counts) for b in batches)
-            means = engine.all_reduce_sum(means)
-            weights = aggregation_weights(means, pref, cfg.aggregation, mu=cfg.stch_mu)
-        per_objective = torch.zeros(self.num_objectives, device=self.device)
-        for i, batch in enumerate(batches):
-            last = i == len(batches) - 1
-            with engine.micro_batch(last):
-                losses = objective_losses(engine.module, batch, pref, cfg, counts)
-                loss = self.aggregate(losses, pref) if weights is None else weights @ losses
-                engine.backward(loss, last)
-            per_objective += losses.detach()
-        compute_done = time.perf_counter()
-        learning_rate = engine.step()
-        self.model.train(was_training)
-        self.step += 1
-        per_objective = engine.all_reduce_sum(per_objective)
-        tokens = engine.all_reduce_sum(
-            torch.tensor(sum(int(b["attention_mask"].sum()) for b in batches), device=self.device)
-        )
-        end = time.perf_counter()
-        return StepResult(
-            step=self.step,
-            loss=self.aggregate(per_objective, pref).item(),
-            objective_losses=per_objective.tolist(),
-            preference=pref.tolist(),
-            learning_rate=learning_rate,
-            tokens=int(tokens),
-            seconds=end - start,
-            data_seconds=data_done - start,
-            compute_seconds=compute_done - data_done,
-            optimizer_seconds=end - compute_done,
-        )
-
-    def preference_at(self, step: int) -> torch.Tensor:
-        """λ of step `step`: the fixed one, or a draw that depends only on (seed, step)."""
-        if self.fixed_preference is not None:
-            return self.fixed_preference
-        return self.sampler.sample(step)
-
-    def aggregate(self, losses: torch.Tensor, pref: torch.Tensor) -> torch.Tensor:
-        """The loss trained on: the one objective's, or the aggregation of all at λ."""
-        if self.objective is not None:
-            return losses[self.objective]
-        return aggregate(losses, pref, self.cfg.aggregation, mu=self.cfg.stch_mu)
-
-    def train(
-        self, progress: bool = True, on_step: Callable[[StepResult], None] | None = None
-    ) -> list[StepResult]:
-        self.prepare(progress)
-        history = []
-        bar = tqdm(
-            total=self.cfg.max_steps, initial=self.step, desc="panacea", disable=not progress
-        )
-        while self.step < self.cfg.max_steps:
-            result = self.train_step()
-            history.append(result)
-            if on_step is not None:
-                on_step(result)
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{result.loss:.4f}", tok_s=f"{result.as_dict()['tokens_per_s']:.0f}"
-            )
-        bar.close()
-        return history
-
-    def prepare(self, progress: bool = False) -> None:
-        """Work done once before the first step: the reference log-probs, when precomputed (the
-        base model's, or the initial adapter's at a fixed λ; with λ sampled per step, the
-        initial adapter's depend on the step)."""
-        cfg = self.cfg
-        fixed = cfg.reference == "base" or self.fixed_preference is not None
-        if cfg.loss == "dpo" and cfg.precompute_reference and fixed and self.reference is None:
-            self.precompute_reference(progress)
+@torch.no_grad()
+def pair_logprobs(
+    model: nn.Module, batches: list[dict[str, torch.Tensor]], lam: list[float] | None = None
+) -> torch.Tensor:
+    """[N, 2] summed log-probs of each pair's responses (a, b) over collated `batches`: under
+    π_ref (the adapter switched off) when `lam` is None, else under the model's adapter at λ."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    parts = []
+    try:
+        with adapter_disabled(model) if lam is None else preference(model, lam):
+            for batch in batches:
+                batch = {name: tensor.to(device) for name, tensor in batch.items()}
+                logp_a, logp_b, _, _ = policy_logprobs(model, batch)
+                parts.append(torch.stack([logp_a, logp_b], dim=-1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(parts)

@@ -2,7 +2,7 @@
 candidates to generate for them, the review and rewrite prompts, and the new pairs that the
 judges' rewards select.
 
-Pure functions of pairs, answers and rewards; orchestrator/sipo_workflow.py runs them on Ray
+Pure functions of pairs, answers and rewards; recipes/sipo.py runs them on Ray
 (generation pool, judges, Ray Train) round after round.
 """
 

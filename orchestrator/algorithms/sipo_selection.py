@@ -11,7 +11,7 @@ import torch
 
 from orchestrator.data.schema import PairDataset, PreferencePair
 from orchestrator.errors import MoaError
-from orchestrator.evaluation.grid import simplex_grid
+from orchestrator.objectives.grid import simplex_grid
 
 
 def conflicting_pairs(dataset: PairDataset) -> list[PreferencePair]:

@@ -1,6 +1,6 @@
 """The training pairs a run's data section names, in the canonical schema."""
 
-from orchestrator.config import DataSection
+from orchestrator.config.sections import DataSection
 from orchestrator.data.assistant_task import AssistantTask
 from orchestrator.data.pku_saferlhf import load_pku_saferlhf
 from orchestrator.data.schema import PairDataset

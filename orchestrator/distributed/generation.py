@@ -21,8 +21,8 @@ import torch
 from ray.exceptions import RayActorError
 from tqdm import tqdm
 
-from orchestrator.algorithms.sipo_judges import implicit_rewards
-from orchestrator.config import GenerationSection
+from orchestrator.config.sections import GenerationSection
+from orchestrator.distributed.cluster import ensure_ray
 from orchestrator.errors import MoaError
 from orchestrator.model.adapter_io import (
     adapter_tensors,
@@ -31,6 +31,7 @@ from orchestrator.model.adapter_io import (
 )
 from orchestrator.model.generate import SamplingParams, generate_ids
 from orchestrator.model.svd_lora import SVDLoRAConfig, svd_lora_config
+from orchestrator.rewards.implicit import implicit_rewards
 
 ACTOR_FAILURES = RayActorError  # died, or unavailable while Ray restarts it
 RESTART_PAUSE_S = 1.0  # an actor that failed gets no chunks for this long
@@ -44,7 +45,7 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
-class Answer:
+class GenerationResult:
     text: str
     tokens: int  # new tokens generated, stop token excluded
     adapter_version: int
@@ -86,7 +87,7 @@ class GenerationWorker:
         if version != self.version:
             self.load(version, ray.get(tensors))
 
-    def generate(self, requests: list[GenerationRequest], adapter: list) -> list[Answer]:
+    def generate(self, requests: list[GenerationRequest], adapter: list) -> list[GenerationResult]:
         """Answers to `requests` with the adapter `adapter` names (see _use)."""
         self._use(adapter)
         ids = generate_ids(
@@ -99,7 +100,7 @@ class GenerationWorker:
             max_prompt_tokens=self.max_prompt_tokens,
         )
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        return [Answer(t, len(i), self.version) for t, i in zip(texts, ids, strict=True)]
+        return [GenerationResult(t, len(i), self.version) for t, i in zip(texts, ids, strict=True)]
 
     def implicit_rewards(self, rows: list[tuple], adapter: list) -> list[list[float]]:
         """[m] implicit rewards of each (prompt, response, β, max prompt tokens, max response
@@ -175,7 +176,7 @@ class GenerationPool:
         min_version: int | None = None,
         progress: bool = False,
         on_progress: Callable[[int, int], None] | None = None,
-    ) -> list[Answer]:
+    ) -> list[GenerationResult]:
         """One answer per request, in order, each generated exactly once by an actor holding
         adapter version ≥ `min_version` (default: the latest published). `on_progress(answered,
         total)` is called after every chunk that comes back."""
@@ -323,7 +324,9 @@ class GenerationPool:
 
 
 def pool_for(model, model_name_or_path: str, dtype: str, cfg: GenerationSection, **options):
-    """A pool serving `model`'s adapter (published as version 0) on `model_name_or_path`."""
+    """A pool serving `model`'s adapter (published as version 0) on `model_name_or_path`, on the
+    connected Ray cluster (a local instance unless there is one)."""
+    ensure_ray()
     pool = GenerationPool(model_name_or_path, dtype, svd_lora_config(model), cfg, **options)
     pool.publish(model)
     return pool

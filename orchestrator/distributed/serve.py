@@ -30,16 +30,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from orchestrator.config import ServeSection, load_config
+from orchestrator.config.sections import ServeSection
 from orchestrator.data.encoding import chat_text, prompt_text
 from orchestrator.errors import MoaError
-from orchestrator.model.adapter_io import (
-    ADAPTER_CONFIG,
-    adapter_version,
-    load_adapter_tensors,
-    read_adapter,
-    read_adapter_config,
-)
+from orchestrator.model.adapter_io import load_adapter_tensors, read_adapter
 from orchestrator.model.generate import (
     Piece,
     SamplingParams,
@@ -49,7 +43,7 @@ from orchestrator.model.generate import (
 )
 from orchestrator.model.loading import load_model, load_tokenizer, resolve_model_path
 from orchestrator.model.svd_lora import preference
-from orchestrator.openai_api import (
+from orchestrator.serving.openai_api import (
     ApiError,
     ChatBody,
     CompletionBody,
@@ -95,7 +89,7 @@ class LiveConfig(BaseModel):
 
 
 @dataclass(frozen=True)
-class Job:
+class DecodeJob:
     """One answer to decode: its prompt tokens, λ and sampling parameters."""
 
     prompt_ids: list[int]
@@ -104,7 +98,7 @@ class Job:
 
 
 @dataclass(frozen=True)
-class Answer:
+class DecodedAnswer:
     text: str
     tokens: int
     finish: str  # "stop" or "length"
@@ -156,7 +150,7 @@ class SteerableModel:
             self.adapter = (live.adapter, version)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _decode(self, jobs: list[Job]) -> AsyncIterator[list]:
+    async def _decode(self, jobs: list[DecodeJob]) -> AsyncIterator[list]:
         """Decode a batch of jobs together; yields, per step, each job's (Piece, adapter version),
         or StopIteration once it has finished."""
         async with self.lock:
@@ -169,7 +163,7 @@ class SteerableModel:
             ) is not None:
                 yield [StopIteration if piece is None else (piece, version) for piece in step]
 
-    def _steps(self, jobs: Sequence[Job]):
+    def _steps(self, jobs: Sequence[DecodeJob]):
         device = next(self.model.parameters()).device
         input_ids, mask = left_pad(
             [j.prompt_ids for j in jobs], self.tokenizer.pad_token_id, device
@@ -185,7 +179,7 @@ class SteerableModel:
                 self.tokenizer.pad_token_id,
             )
 
-    async def _stream(self, job: Job) -> AsyncIterator[tuple[str, Piece, str]]:
+    async def _stream(self, job: DecodeJob) -> AsyncIterator[tuple[str, Piece, str]]:
         """(new text, piece, adapter version) as the job decodes. Text is held back while it ends
         in an incomplete character, so the pieces add up to the whole answer's text."""
         ids: list[int] = []
@@ -200,16 +194,18 @@ class SteerableModel:
             yield text[sent:], piece, version
             sent = len(text)
 
-    async def _answer(self, job: Job) -> Answer:
+    async def _answer(self, job: DecodeJob) -> DecodedAnswer:
         """The whole answer, its text decoded once at the end."""
         ids: list[int] = []
         async for piece, version in self._decode(job):
             if piece.token is not None:
                 ids.append(piece.token)
             last = (piece.finish, version)
-        return Answer(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), *last)
+        return DecodedAnswer(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), *last)
 
-    def _job(self, body: GenerationBody, content, render, field: str, lam: list[float]) -> Job:
+    def _job(
+        self, body: GenerationBody, content, render, field: str, lam: list[float]
+    ) -> DecodeJob:
         """The job answering `content` (a prompt, or chat messages) formatted by `render`."""
         raw = content if isinstance(content, str) else "".join(m["content"] for m in content)
         try:
@@ -227,7 +223,7 @@ class SteerableModel:
         )
         seed = body.seed if body.seed is not None else secrets.randbits(31)
         params = SamplingParams(tokens, body.temperature, body.top_p, seed)
-        return Job(ids, lam, params)
+        return DecodeJob(ids, lam, params)
 
     def _preference(self, body: GenerationBody) -> list[float]:
         spec = self.spec
@@ -286,20 +282,22 @@ class SteerableModel:
         extra = {"choices": choices, **head, "adapter_version": version}
         return envelope(kind, request_id, self.spec.model_name, version, extra)
 
-    def _response(self, kind, request_id, jobs, answers: list[Answer], head, choices) -> dict:
+    def _response(
+        self, kind, request_id, jobs, answers: list[DecodedAnswer], head, choices
+    ) -> dict:
         body = self._envelope(kind, request_id, answers[0].adapter_version, head, choices)
         prompt_tokens = sum(len(job.prompt_ids) for job in jobs)
         body["usage"] = usage(prompt_tokens, sum(a.tokens for a in answers))
         return body
 
-    def _sse(self, jobs: list[Job], body, chunk, head, kind, request_id) -> StreamingResponse:
+    def _sse(self, jobs: list[DecodeJob], body, chunk, head, kind, request_id) -> StreamingResponse:
         """The answers as server-sent events: chunks as tokens decode, the usage last when the
         client asked for it, then [DONE]."""
 
         async def events():
             queue: asyncio.Queue = asyncio.Queue()
 
-            async def pump(index: int, job: Job):
+            async def pump(index: int, job: DecodeJob):
                 tokens = 0
                 async for text, piece, version in self._stream(job):
                     tokens += piece.token is not None
@@ -445,50 +443,6 @@ class ServedModel:
         }
 
 
-def served_model(source: str, overrides: Sequence[str] = ()) -> ServedModel:
-    """A run folder (its best adapter, or adapter/) or an adapter folder, with serve.* and
-    model.* overrides; checked here, before anything is deployed."""
-    bad = [o for o in overrides if not o.startswith(("serve.", "model."))]
-    if bad:
-        raise MoaError(f"moa serve takes only serve.* and model.* overrides; got {bad}")
-    path = Path(source)
-    if (path / "config.yaml").is_file():
-        cfg = load_config(path / "config.yaml", overrides)
-        best = path / "best" / "adapter"
-        use_best = cfg.serve.checkpoint == "best" and (best / ADAPTER_CONFIG).is_file()
-        adapter = best if use_best else path / "adapter"
-        saved = read_adapter_config(adapter)
-    elif (path / ADAPTER_CONFIG).is_file():
-        saved = read_adapter_config(path)
-        adapter = path
-        names = list(
-            saved.objective_names or [f"objective_{i}" for i in range(saved.num_objectives)]
-        )
-        defaults = [f"data.objectives={json.dumps(names)}"]
-        if saved.base_model is not None:
-            defaults.append(f"model.name_or_path={json.dumps(saved.base_model)}")
-        cfg = load_config(None, [*defaults, *overrides])
-    else:
-        raise MoaError(
-            f"{source} is neither a run folder (with config.yaml) nor an adapter folder "
-            f"(with {ADAPTER_CONFIG})"
-        )
-    objectives = list(cfg.data.objectives)
-    if saved.objective_names is not None and list(saved.objective_names) != objectives:
-        raise MoaError(
-            f"the adapter at {adapter} has objectives {list(saved.objective_names)}, the run's "
-            f"config {objectives}"
-        )
-    return ServedModel(
-        cfg.model.name_or_path,
-        cfg.model.dtype,
-        objectives,
-        adapter,
-        adapter_version(adapter),
-        cfg.serve,
-    )
-
-
 def deploy(served: ServedModel, timeout_s: float = 600.0) -> str:
     """Deploy (or update in place) `served` on the connected Ray cluster; returns the base URL
     once the app runs with this adapter. Other apps deployed from a config are kept."""
@@ -529,3 +483,7 @@ def _wait_until_serving(app: str, url: str, version: str, timeout_s: float) -> N
             detail = status.message if status is not None else "not deployed"
             raise MoaError(f"{app} did not start serving within {timeout_s:.0f} s: {detail}")
         time.sleep(0.5)
+
+
+def undeploy(app_name: str) -> None:
+    serve.delete(app_name)

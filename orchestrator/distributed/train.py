@@ -1,12 +1,11 @@
-"""Panacea training on Ray Train: a TorchTrainer whose workers each run the trainer's step on
-their share of every global batch, with checkpoints, restarts and evaluation during training.
+"""A training run on Ray Train: a TorchTrainer whose workers each run one rank of the run
+(training/loop.py) on their share of every global batch.
 
 Ray keeps the run's checkpoints in RUN_DIR/checkpoints (the last `checkpoint.keep`); a worker
 group that fails is restarted from the latest one (`checkpoint.max_failures`), and a stopped run
 started again on the same folder continues from it. RUN_DIR must be visible from every node.
 """
 
-import json
 import os
 import tempfile
 import time
@@ -18,20 +17,15 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from orchestrator.algorithms.panacea import PanaceaTrainer
-from orchestrator.atomic import atomic_directory
-from orchestrator.checkpoint import load_checkpoint, save_checkpoint
 from orchestrator.config import RunConfig
-from orchestrator.data.encoding import encode_pairs
 from orchestrator.data.schema import PairDataset
-from orchestrator.engine import build_engine
+from orchestrator.distributed.cluster import ensure_ray, for_workers
 from orchestrator.errors import MoaError
-from orchestrator.metrics_log import MetricsLogger
-from orchestrator.model.adapter_io import save_adapter
-from orchestrator.model.loading import resolve_model_path
+from orchestrator.training.checkpoint import load_checkpoint, save_checkpoint
+from orchestrator.training.loop import Launch, train_rank
+from orchestrator.training.trainer import MultiObjectiveTrainer
 
 CHECKPOINTS = "checkpoints"
-BEST = "best"
 FAULT_ENV = "MOA_FAULT_AT_STEP"  # "STEP[:RANK]": that rank fails once before STEP (tests)
 
 
@@ -52,9 +46,9 @@ def train(
     ensure_ray()
     scaling = cfg.scaling
     trainer = TorchTrainer(
-        train_loop,
+        train_worker,
         train_loop_config={
-            "config": worker_config(cfg),
+            "config": for_workers(cfg),
             "run_dir": str(run_dir.resolve()),
             "pairs": pairs,
             "margins": margins,
@@ -87,92 +81,39 @@ def train(
     return time.perf_counter() - start
 
 
-def worker_config(cfg: RunConfig) -> dict:
-    """The config as the workers get it: local paths made absolute, since Ray's workers do not
-    run in the driver's working directory."""
-    data = cfg.model_dump()
-    data["model"]["name_or_path"] = resolve_model_path(cfg.model.name_or_path)
-    if cfg.adapter.init_from is not None:
-        data["adapter"]["init_from"] = str(Path(cfg.adapter.init_from).resolve())
-    return data
-
-
-def ensure_ray() -> None:
-    """Connect to the cluster RAY_ADDRESS names (set by `ray job submit`), else start a local
-    instance; token authentication stays on. A local instance gets the dashboard, on 127.0.0.1:
-    Ray Train removes the worker group of a run whose controller was killed (a trial ASHA stops)
-    only after asking the dashboard's State API that the controller is dead."""
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        address = os.environ.get("RAY_ADDRESS")
-        local = {} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
-        ray.init(address=address, **local)
-
-
-def train_loop(config: dict) -> None:
-    """One Ray Train worker."""
+def train_worker(config: dict) -> None:
+    """One Ray Train worker: a rank of the run, continuing from Ray's latest checkpoint."""
     import transformers
 
-    from orchestrator.workflow import build_model, seed_everything
-
     transformers.utils.logging.disable_progress_bar()
-    cfg = RunConfig.model_validate(config["config"])
-    run_dir = Path(config["run_dir"])
     context = ray.train.get_context()
-    rank = context.get_world_rank()
-    seed_everything(cfg.train.seed)
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    run_dir = Path(config["run_dir"])
+    cfg: RunConfig = config["config"]
     device = ray.train.torch.get_device() if cfg.scaling.use_gpu else "cpu"
-    tokenizer, model = build_model(cfg, device=str(device))
-    encoded = encode_pairs(
-        tokenizer, config["pairs"], cfg.data.max_prompt_tokens, cfg.data.max_response_tokens
+    fault = config["fault"]
+    launch = Launch(
+        rank=rank,
+        device=str(device),
+        restore=_restore,
+        on_checkpoint=_report_checkpoint,
+        progress_bar=_progress_bar if config["progress"] else None,
+        before_step=lambda step: _maybe_fail(fault, step, rank, world_size, run_dir),
     )
-    engine = build_engine(model, cfg.train, cfg.scaling.strategy, cfg.scaling.deepspeed)
-    objective = cfg.train.objective
-    trainer = PanaceaTrainer(
-        model,
-        encoded,
-        tokenizer.pad_token_id,
-        cfg.train,
-        engine,
-        preference=cfg.fixed_preference,
-        objective=None if objective is None else cfg.data.objectives.index(objective),
-        margins=config["margins"],
-        reference=config["reference"],
-    )
+    pairs, margins, reference = config["pairs"], config["margins"], config["reference"]
+    train_rank(cfg, run_dir, pairs, launch, margins=margins, reference=reference)
+
+
+def _restore(trainer: MultiObjectiveTrainer) -> None:
+    """The trainer as Ray's latest checkpoint of the run left it (a restarted worker group, a
+    resumed run); nothing for a new run."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             load_checkpoint(Path(directory), trainer)
-    trainer.prepare(progress=config["progress"] and rank == 0)
-    evaluating = rank == 0 and cfg.eval.enabled and cfg.eval.every > 0
-    evaluator = Evaluator(cfg, model, tokenizer, run_dir) if evaluating else None
-    logger = None
-    if rank == 0:
-        logger = MetricsLogger(run_dir, cfg.logging, cfg.model_dump(), resume_step=trainer.step)
-    bar = _progress_bar(cfg, trainer.step) if config["progress"] and rank == 0 else None
-    while trainer.step < cfg.train.max_steps:
-        _maybe_fail(config["fault"], trainer.step, rank, context.get_world_size(), run_dir)
-        metrics = trainer.train_step().as_dict()
-        step, last = trainer.step, trainer.step == cfg.train.max_steps
-        metrics["epoch"], metrics["position"] = trainer.epoch_and_position
-        if evaluator is not None and (step % cfg.eval.every == 0 or last):
-            metrics.update(evaluator.evaluate(step))
-        if logger is not None and (step % cfg.train.log_every == 0 or last):
-            logger.log(metrics)
-        if bar is not None:
-            bar.update(1)
-        if step % cfg.checkpoint.every == 0 or last:
-            _report_checkpoint(trainer, metrics)
-    with engine.full_parameters():
-        if rank == 0:
-            save_adapter(model, run_dir / "adapter")
-    if logger is not None:
-        logger.close()
-    if bar is not None:
-        bar.close()
 
 
-def _report_checkpoint(trainer: PanaceaTrainer, metrics: dict) -> None:
+def _report_checkpoint(trainer: MultiObjectiveTrainer, metrics: dict) -> None:
     """Every rank writes its part into a local folder; Ray Train gathers the parts into one
     checkpoint in RUN_DIR/checkpoints and registers it once all ranks are done."""
     with tempfile.TemporaryDirectory(prefix="moa-checkpoint-") as directory:
@@ -185,47 +126,10 @@ def _report_checkpoint(trainer: PanaceaTrainer, metrics: dict) -> None:
         )
 
 
-class Evaluator:
-    """The hypervolume over a coarse λ grid during training (rank 0); the best adapter so far
-    is kept in RUN_DIR/best with best.json."""
-
-    def __init__(self, cfg: RunConfig, model, tokenizer, run_dir: Path):
-        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
-        self.best_dir = run_dir / BEST
-        best = self.best_dir / "best.json"
-        self.best = json.loads(best.read_text())["hypervolume"] if best.is_file() else float("-inf")
-
-    def evaluate(self, step: int) -> dict:
-        from orchestrator.workflow import evaluate_on_grid
-
-        start = time.perf_counter()
-        cfg = self.cfg.eval
-        front = evaluate_on_grid(
-            self.cfg,
-            self.model,
-            self.tokenizer,
-            cfg.coarse_grid_divisions,
-            cfg.coarse_num_prompts,
-            with_base=False,
-        )
-        metrics = front.metrics()
-        hypervolume = metrics["hypervolume"]
-        if hypervolume > self.best:
-            self.best = hypervolume
-            with atomic_directory(self.best_dir) as tmp:
-                save_adapter(self.model, tmp / "adapter")
-                (tmp / "best.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
-        return {
-            "hypervolume": hypervolume,
-            "inner_product": metrics["inner_product"],
-            "eval_seconds": time.perf_counter() - start,
-        }
-
-
-def _progress_bar(cfg: RunConfig, initial: int):
+def _progress_bar(total: int, initial: int):
     from ray.experimental.tqdm_ray import tqdm
 
-    bar = tqdm(total=cfg.train.max_steps, desc="panacea")
+    bar = tqdm(total=total, desc="train")
     bar.update(initial)
     return bar
 

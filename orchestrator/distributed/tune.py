@@ -1,64 +1,32 @@
-"""`moa tune`: a Ray Tune sweep over training configurations (tune.space). Each trial is a Tune
-function that builds a Ray Train run of the sweep's config with the trial's values; the run's
-results reach Tune as rank 0 reports them, each carrying the hypervolume and inner product of
-the coarse λ grid (eval.coarse_*) evaluated every eval.every steps. ASHA (tune.scheduler: asha)
-stops trials that trail at step milestones.
+"""A sweep on Ray Tune: the search space as Tune's samplers, the scheduler (FIFO or ASHA), how
+many trials run at once, and the tuner itself, started or restored from its saved state.
 
-  OUT/config.yaml        the sweep's config
-  OUT/tuner/             Ray Tune's experiment state, read when the sweep is started again
-  OUT/trials/TRIAL_ID/   each trial's run folder (config.yaml, metrics.jsonl, adapter/, best/)
-  OUT/results.json       per trial: its values, steps, metrics, compute, status, Pareto sets
-  OUT/report.md          the table of all trials
-  OUT/pareto.png         hypervolume against inner product and against compute
-  OUT/best.yaml          the best trial's config, which `moa train` takes as it is
-
-A sweep stopped part-way (Ctrl+C, a lost driver) is finished by the same command: Tune restores
-its state, finished trials are kept, and a trial that was running continues from its last
-checkpoint.
+What a trial does is the sweep recipe's (recipes/sweep.py): a Tune function that trains a Ray
+Train run and reports its results through `report_callback`.
 """
 
-import json
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
-import yaml
+import ray
 from ray import tune
 
-from orchestrator.atomic import atomic_write_text
-from orchestrator.config import RunConfig, load_config
-from orchestrator.distributed.train import ensure_ray
+from orchestrator.config import RunConfig
+from orchestrator.config.sweep_space import largest, samplers
 from orchestrator.errors import MoaError
-from orchestrator.metrics_log import read_metrics
-from orchestrator.sweep_report import best_trial, mark_pareto_sets, plot_sweep, render_sweep
-from orchestrator.sweep_space import check_space, count_trials, largest, trial_config, tune_space
-from orchestrator.workflow import check_training_inputs, claim_output_dir, train_model
 
 TUNER = "tuner"
-TRIALS = "trials"
 # A trial only waits on its Ray Train run, whose workers hold the CPUs; Tune needs some resource
 # in a trial's request, so it asks for a sliver.
 TRIAL_CPUS = 0.01
 
 
-@dataclass
-class SweepResult:
-    out_dir: Path
-    trials: list[dict]  # one per trial, in trial order
-    best: dict  # the trial with the highest tune.metric
-    best_config: Path  # OUT/best.yaml
-
-
-def run_sweep(cfg: RunConfig, *, overwrite: bool = False) -> SweepResult:
-    """Run the sweep `cfg` describes into cfg.output_dir, or finish a stopped one there."""
-    check_sweep(cfg)
-    check_training_inputs(cfg)  # also builds the built-in base once, before the trials
-    out = claim_output_dir(cfg, overwrite, "sweep").resolve()
-
-    ensure_ray()
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, sweep=cfg, trials_dir=str(out / TRIALS)),
-        {"cpu": TRIAL_CPUS},
-    )
+def run_tuner(trial: Callable, cfg: RunConfig, out: Path, **trial_args):
+    """Run the sweep `cfg` describes, each trial `trial(params, **trial_args)`, with Tune's state
+    in OUT/tuner: a sweep stopped part-way (Ctrl+C, a lost driver) is restored, its finished
+    trials kept. Returns the results as that saved state has them (`fit()`'s own count a trial an
+    interrupt cut short as terminated)."""
+    trainable = tune.with_resources(tune.with_parameters(trial, **trial_args), {"cpu": TRIAL_CPUS})
     state = out / TUNER
     if tune.Tuner.can_restore(state):
         tuner = tune.Tuner.restore(str(state), trainable, resume_errored=True)
@@ -70,48 +38,12 @@ def run_sweep(cfg: RunConfig, *, overwrite: bool = False) -> SweepResult:
             run_config=tune.RunConfig(name=TUNER, storage_path=str(out)),
         )
     tuner.fit()
-    # fit()'s own results count a trial an interrupt cut short as terminated; the state saved
-    # before that, which a restore reads, tells the trials that are done.
-    grid = tune.Tuner.restore(str(state), trainable).get_results()
-    total = count_trials(cfg)
-    if grid.num_terminated + grid.num_errors < total:
-        raise MoaError(
-            f"the sweep stopped with {grid.num_terminated + grid.num_errors} of {total} trials "
-            "done; run the same command again to finish the rest"
-        )
-    trials = [trial_row(cfg, out, result) for result in grid]
-    trials.sort(key=lambda row: row["trial"])
-    if all(row["status"] == "error" for row in trials):
-        raise MoaError(f"every trial failed; the first: {trials[0]['error']}")
-    mark_pareto_sets(trials)
-    best = best_trial(trials, cfg.tune.metric)
-    best_config = write_best_config(cfg, out, best)
-    atomic_write_text(out / "results.json", json.dumps(trials, indent=2))
-    plot_sweep(out / "pareto.png", trials, cfg.tune.metric)
-    atomic_write_text(out / "report.md", render_sweep(cfg, trials, best))
-    return SweepResult(out, trials, best, best_config)
+    return tune.Tuner.restore(str(state), trainable).get_results()
 
 
-def check_sweep(cfg: RunConfig) -> None:
-    """Everything a sweep needs, checked before any trial starts."""
-    check_space(cfg)
-    ev, every = cfg.eval, cfg.checkpoint.every
-    if not (ev.enabled and ev.every > 0):
-        raise MoaError(
-            "a sweep compares trials by the hypervolume of their fronts during training: it "
-            "needs data.source: assistant, eval.enabled: true and eval.every > 0"
-        )
-    if cfg.tune.scheduler == "asha" and cfg.tune.grace_period >= largest(cfg, "train.max_steps"):
-        raise MoaError(
-            f"tune.grace_period ({cfg.tune.grace_period}) must be less than train.max_steps "
-            f"({largest(cfg, 'train.max_steps')}): ASHA stops trials only at milestones before "
-            "the last step"
-        )
-    if every % ev.every:
-        raise MoaError(
-            f"checkpoint.every ({every}) must be a multiple of eval.every ({ev.every}): every "
-            "result a trial reports to Tune goes with a checkpoint and must carry the hypervolume"
-        )
+def tune_space(cfg: RunConfig) -> dict:
+    """The param_space Ray Tune samples, one entry per dimension of tune.space."""
+    return {key: getattr(tune, name)(*args) for key, (name, args) in samplers(cfg).items()}
 
 
 def tune_config(cfg: RunConfig) -> tune.TuneConfig:
@@ -143,15 +75,13 @@ def tune_config(cfg: RunConfig) -> tune.TuneConfig:
 
 
 def trial_dirname(trial) -> str:
-    """Tune's folder of a trial: its id, as its run folder in OUT/trials."""
+    """Tune's folder of a trial: its id, as its run folder in the sweep's trials/."""
     return trial.trial_id
 
 
 def concurrent_trials(cfg: RunConfig) -> int:
     """tune.max_concurrent_trials, else as many trials as the cluster's CPUs and GPUs fit, each
     needing the worker group of its largest scaling.* values."""
-    import ray
-
     if cfg.tune.max_concurrent_trials is not None:
         return cfg.tune.max_concurrent_trials
     workers = largest(cfg, "scaling.num_workers")
@@ -168,58 +98,18 @@ def concurrent_trials(cfg: RunConfig) -> int:
     return fits
 
 
-def run_trial(params: dict, *, sweep: RunConfig, trials_dir: str) -> None:
-    """One trial: the Ray Train run of the sweep's config with `params`, on the data that config
-    names (a sweep may vary data.*). A run already finished (a restored sweep) is not trained
-    again; its last evaluation is reported instead."""
+def trial_id() -> str:
+    """The id of the trial this Tune function runs."""
+    return tune.get_context().get_trial_id()
+
+
+def report(metrics: dict) -> None:
+    """Report a trial's result to Tune from its Tune function."""
+    tune.report(metrics)
+
+
+def report_callback():
+    """The Ray Train callback that reports each of a trial's Train results to Tune."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    run_dir = Path(trials_dir) / tune.get_context().get_trial_id()
-    cfg = trial_config(sweep, params, str(run_dir))
-    if (run_dir / "train.json").is_file():
-        evaluated = [row for row in read_metrics(run_dir) if "hypervolume" in row]
-        tune.report(evaluated[-1])
-        return
-    pairs = check_training_inputs(cfg)
-    train_model(cfg, pairs, progress=False, callbacks=[TuneReportCallback()])
-
-
-def trial_row(cfg: RunConfig, out: Path, result) -> dict:
-    """A trial's line of the table, from Tune's last result of it."""
-    metrics = result.metrics or {}
-    trial_id = Path(result.path).name
-    params = {key: result.config[key] for key in cfg.tune.space}
-    trial_cfg = trial_config(cfg, params, str(out / TRIALS / trial_id))
-    steps = metrics.get("step", 0)
-    if result.error is not None:
-        status = "error"
-    elif steps < trial_cfg.train.max_steps:
-        status = "stopped early"
-    else:
-        status = "finished"
-    seconds = metrics.get("time_total_s")
-    return {
-        "trial": trial_id,
-        "params": params,
-        "status": status,
-        "step": steps,
-        "hypervolume": metrics.get("hypervolume"),
-        "inner_product": metrics.get("inner_product"),
-        "seconds": seconds,
-        # wall time × workers: what the trial held of the cluster
-        "compute": None if seconds is None else seconds * trial_cfg.scaling.num_workers,
-        "error": None if result.error is None else str(result.error).strip().splitlines()[-1],
-        "run_dir": str(Path(TRIALS) / trial_id),
-    }
-
-
-def write_best_config(cfg: RunConfig, out: Path, best: dict) -> Path:
-    """The best trial's config without the sweep, trained into OUTPUT_DIR-best."""
-    data = load_config(out / best["run_dir"] / "config.yaml").model_dump()
-    del data["tune"]
-    data["output_dir"] = f"{cfg.output_dir.rstrip('/')}-best"
-    path = out / "best.yaml"
-    header = f"# The best trial ({best['trial']}) of the sweep in {out}; train it with\n"
-    header += f"#   moa train {path}\n"
-    atomic_write_text(path, header + yaml.safe_dump(data, sort_keys=False))
-    return path
+    return TuneReportCallback()

@@ -1,4 +1,5 @@
-"""Writing a front to disk: front.json (numbers), front.png (picture), report.md (for people)."""
+"""A front for people: front.json (numbers), front.png (picture) and report.md on disk, and the
+summary lines every command prints."""
 
 import itertools
 import json
@@ -145,3 +146,22 @@ def render_report(front: Front, title: str = "Pareto front") -> str:
             lam_text = ", ".join(f"{x:.2f}" for x in sample["preference"])
             lines += [f"**λ = ({lam_text})** — {sample['prompt']}", "", f"> {sample['answer']}", ""]
     return "\n".join(lines) + "\n"
+
+
+def summary_lines(front: Front) -> list[str]:
+    """The front's figures as every command prints them: hypervolume (and the base model's),
+    inner product, sparsity and spacing, and each objective's steerability."""
+    metrics = front.metrics()
+    base = ""
+    if "base_hypervolume" in metrics:
+        base = f", base model {metrics['base_hypervolume']:.3f}"
+    steerability = ", ".join(
+        f"{name} {metrics[f'spearman_{name}']:+.3f}" for name in front.objectives
+    )
+    return [
+        f"hypervolume: front {metrics['hypervolume']:.3f}{base} "
+        f"(reference point {front.reference_point})",
+        f"inner product {metrics['inner_product']:.3f}, sparsity {metrics['sparsity']:.3f}, "
+        f"spacing {metrics['spacing']:.3f}",
+        f"steerability (Spearman of λ_i with score i): {steerability}",
+    ]

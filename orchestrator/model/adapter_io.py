@@ -7,14 +7,12 @@ import os
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
 from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 from torch import nn
 
 from orchestrator.atomic import atomic_directory
 from orchestrator.errors import MoaError
-from orchestrator.model.preference import PreferenceLike, validate_preference
 from orchestrator.model.svd_lora import (
     SVDLoRAConfig,
     adapter_parameters,
@@ -25,6 +23,7 @@ from orchestrator.model.svd_lora import (
     svd_lora_layers,
     unwrap,
 )
+from orchestrator.objectives.preference import PreferenceLike, validate_preference
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -174,6 +173,8 @@ def export_lora(
     For fixed λ the SVD-LoRA branch is a rank-(k+m) LoRA with A = Vᵀ and B = (α/k)·U·diag(σ, sλ);
     lora_alpha = r makes PEFT's own scaling 1. Load with `PeftModel.from_pretrained(base, out_dir)`.
     """
+    from peft import LoraConfig  # here: importing peft costs every process ~2.5 s
+
     lam = _single_preference(model, pref, normalize)
     config = svd_lora_config(model)
     tensors = {}

@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from orchestrator.data.encoding import encode_prompt
 from orchestrator.errors import MoaError
-from orchestrator.model.preference import PreferenceLike, validate_preference
 from orchestrator.model.svd_lora import preference, svd_lora_config
+from orchestrator.objectives.preference import PreferenceLike, validate_preference
 
 
 @dataclass(frozen=True)

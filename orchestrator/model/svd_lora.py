@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from orchestrator.errors import MoaError
-from orchestrator.model.preference import PreferenceLike, validate_preference
+from orchestrator.objectives.preference import PreferenceLike, validate_preference
 
 ADAPTER_PREFIX = "lora_"
 # The attention and MLP projections of Llama-family decoders (Llama, Qwen, Mistral, Gemma, Phi-3…).

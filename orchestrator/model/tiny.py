@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 from orchestrator.atomic import atomic_directory
 from orchestrator.data import assistant_phrases
 from orchestrator.data.assistant_task import AssistantTask
 from orchestrator.data.encoding import encode_prompt, encode_response, pad_batch
 from orchestrator.objectives.losses import sequence_logprobs
-from orchestrator.schedule import warmup_cosine
+from orchestrator.objectives.schedule import warmup_cosine
 
 SPECIAL_TOKENS = {"pad_token": "<|pad|>", "bos_token": "<|bos|>", "eos_token": "<|eos|>"}
 ROLE_TOKENS = ["<|user|>", "<|assistant|>"]
@@ -112,6 +112,10 @@ def build_tiny_base(
 
 
 def _build(out_dir: Path, config: TinyBaseConfig, progress: bool) -> Path:
+    # Here, not at the top: importing the modeling code costs a process that only needs the
+    # tokenizer (a sweep's trial, a driver's checks) 2 s.
+    from transformers import LlamaForCausalLM
+
     task = AssistantTask(seed=config.seed)
     examples = task.sft_examples(config.sft_examples)
     tokenizer = train_tokenizer(

@@ -1,4 +1,6 @@
-"""Losses and their aggregation: pure functions of tensors, no models, Ray or data loading."""
+"""What a training step optimises, as pure functions of tensors (no models, Ray or data loading):
+per-objective losses, their aggregation, the preference vector λ (its validation and per-step
+sampling) and the learning-rate schedule."""
 
 from orchestrator.objectives.aggregation import (
     AGGREGATION_METHODS,

@@ -5,13 +5,13 @@ import signal
 
 import pytest
 
-from orchestrator.algorithms.panacea import PanaceaTrainer
-from orchestrator.config import GenerationSection, TrainSection
+from orchestrator.config.sections import GenerationSection, TrainSection
 from orchestrator.distributed.generation import GenerationPool, GenerationRequest
 from orchestrator.errors import MoaError
 from orchestrator.model.generate import SamplingParams, generate
 from orchestrator.model.loading import load_model
 from orchestrator.model.svd_lora import inject_svd_lora, svd_lora_config
+from orchestrator.training.trainer import MultiObjectiveTrainer
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
@@ -70,7 +70,7 @@ def test_after_a_training_step_and_a_sync_the_pool_answers_as_the_trainer_model(
     pool, steerable, tokenizer, encoded
 ):
     cfg = TrainSection(batch_size=8, max_steps=1, warmup_steps=0, learning_rate=0.5)
-    PanaceaTrainer(steerable, encoded, tokenizer.pad_token_id, cfg).train(progress=False)
+    MultiObjectiveTrainer(steerable, encoded, tokenizer.pad_token_id, cfg).train(progress=False)
     jobs = requests()
     before = [a.text for a in pool.generate(jobs)]
     version = pool.publish(steerable)
@@ -110,7 +110,7 @@ def test_a_request_with_the_wrong_number_of_weights_is_refused(pool):
 
 
 def test_implicit_rewards_on_the_actors_equal_the_offline_ones(pool, steerable, tokenizer):
-    from orchestrator.algorithms.sipo_judges import implicit_rewards
+    from orchestrator.rewards.implicit import implicit_rewards
 
     pool.publish(steerable)
     prompts = [p for p in PROMPTS for _ in range(5)]  # 20 rows: three chunks of up to 8

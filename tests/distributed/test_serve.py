@@ -16,11 +16,12 @@ import pytest
 from ray import serve
 
 from orchestrator.data.encoding import encode_prompt
-from orchestrator.distributed.serve import deploy, served_model
+from orchestrator.distributed.serve import deploy
 from orchestrator.model.adapter_io import adapter_version, load_adapter, save_adapter
 from orchestrator.model.generate import SamplingParams, generate
 from orchestrator.model.loading import load_model
 from orchestrator.model.svd_lora import inject_svd_lora
+from orchestrator.recipes.serve import served_model
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 

@@ -2,6 +2,7 @@
 single uninterrupted process."""
 
 import json
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -9,10 +10,12 @@ from safetensors.torch import load_file
 from orchestrator.cli import main
 from orchestrator.config import load_config
 from orchestrator.data.assistant_task import AssistantTask
+from orchestrator.data.sources import load_training_pairs
 from orchestrator.distributed.train import FAULT_ENV
 from orchestrator.errors import MoaError
-from orchestrator.metrics_log import read_metrics
-from orchestrator.workflow import run_panacea
+from orchestrator.recipes.panacea import run_panacea
+from orchestrator.training.loop import train_rank
+from orchestrator.training.metrics_log import read_metrics
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
@@ -50,6 +53,15 @@ def adapter(run_dir):
     return load_file(run_dir / "adapter" / "adapter.safetensors")
 
 
+def in_process(cfg):
+    """The same run in this process on one rank, without Ray (training/loop.py as it is): the
+    single-process result the Ray Train runs must give. Its run folder and logged steps."""
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True)
+    train_rank(cfg, run_dir, load_training_pairs(cfg.data))
+    return run_dir, read_metrics(run_dir)
+
+
 def max_difference(a, b):
     assert a.keys() == b.keys()
     return max((a[name] - b[name]).abs().max().item() for name in a)
@@ -67,13 +79,12 @@ def two_workers(tiny_base_dir, pairs_file, tmp_path_factory):
 def test_two_workers_train_the_adapter_one_worker_trains_on_the_same_global_batch(
     two_workers, tiny_base_dir, pairs_file, tmp_path
 ):
-    one = run_panacea(
-        config(tiny_base_dir, pairs_file, tmp_path / "run", "train.grad_accum_steps=2"),
-        progress=False,
+    one_dir, one_history = in_process(
+        config(tiny_base_dir, pairs_file, tmp_path / "run", "train.grad_accum_steps=2")
     )
-    assert max_difference(adapter(two_workers.run_dir), adapter(one.run_dir)) < 1e-5
+    assert max_difference(adapter(two_workers.run_dir), adapter(one_dir)) < 1e-5
     assert [m["step"] for m in two_workers.history] == [1, 2, 3, 4, 5, 6]
-    for a, b in zip(two_workers.history, one.history, strict=True):
+    for a, b in zip(two_workers.history, one_history, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["tokens"] == b["tokens"]  # tokens are summed over the ranks
 
@@ -85,11 +96,10 @@ def test_tchebycheff_steps_agree_across_ranks_too(tiny_base_dir, pairs_file, tmp
         config(tiny_base_dir, pairs_file, tmp_path / "two", "scaling.num_workers=2", *common),
         progress=False,
     )
-    one = run_panacea(
-        config(tiny_base_dir, pairs_file, tmp_path / "one", "train.grad_accum_steps=2", *common),
-        progress=False,
+    one_dir, _ = in_process(
+        config(tiny_base_dir, pairs_file, tmp_path / "one", "train.grad_accum_steps=2", *common)
     )
-    assert max_difference(adapter(two.run_dir), adapter(one.run_dir)) < 1e-5
+    assert max_difference(adapter(two.run_dir), adapter(one_dir)) < 1e-5
 
 
 def test_a_worker_that_fails_is_restarted_from_the_last_checkpoint_with_the_same_result(
@@ -148,33 +158,3 @@ def test_deepspeed_zero2_trains_and_its_first_step_matches_ddp(
     checkpoint = result.run_dir / "checkpoints" / "checkpoint_000002"
     assert (checkpoint / "deepspeed" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").is_file()
     assert (checkpoint / "adapter" / "adapter.safetensors").is_file()
-
-
-def test_evaluation_during_training_keeps_the_best_adapter(tiny_base_dir, tmp_path):
-    cfg = load_config(
-        None,
-        [
-            f"model.name_or_path={tiny_base_dir}",
-            "data.num_pairs=64",
-            "adapter.rank=2",
-            "train.batch_size=8",
-            "train.max_steps=4",
-            "train.log_every=1",
-            "eval.every=2",
-            "eval.coarse_grid_divisions=2",
-            "eval.coarse_num_prompts=3",
-            "eval.grid_divisions=2",
-            "eval.num_prompts=3",
-            "eval.max_new_tokens=8",
-            f"output_dir={tmp_path / 'run'}",
-        ],
-    )
-    result = run_panacea(cfg, progress=False)
-    evaluated = {m["step"]: m["hypervolume"] for m in result.history if "hypervolume" in m}
-    assert sorted(evaluated) == [2, 4]
-    best = json.loads((result.run_dir / "best" / "best.json").read_text())
-    assert best["hypervolume"] == max(evaluated.values())
-    assert evaluated[best["step"]] == best["hypervolume"]
-    assert (result.run_dir / "best" / "adapter" / "adapter.safetensors").is_file()
-    assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    assert result.front is not None and (result.run_dir / "eval" / "front.json").is_file()

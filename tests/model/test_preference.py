@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from orchestrator.errors import MoaError
-from orchestrator.model.preference import validate_preference
 from orchestrator.model.svd_lora import inject_svd_lora, set_preference, svd_lora_layers
+from orchestrator.objectives.preference import validate_preference
 
 # (preference, message fragment): each problem has its own message.
 INVALID = {

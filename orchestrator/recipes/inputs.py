@@ -1,0 +1,50 @@
+"""What every training recipe checks on the driver before any Ray worker starts: the dataset
+(its objectives, at least one global batch), the model, adapter.init_from. A mistake fails here,
+with the field named."""
+
+from orchestrator.config import RunConfig
+from orchestrator.data.schema import PairDataset
+from orchestrator.data.sources import load_training_pairs
+from orchestrator.errors import MoaError
+from orchestrator.model.adapter_io import read_adapter_config
+from orchestrator.model.loading import load_tokenizer
+
+
+def check_training_inputs(cfg: RunConfig) -> PairDataset:
+    """The training pairs, once every input has been checked (this also builds the built-in base
+    model once, on the driver)."""
+    try:
+        pairs = load_training_pairs(cfg.data)
+    except MoaError as err:
+        raise MoaError(f"data: {err}") from None
+    if len(pairs.pairs) < cfg.global_batch:
+        raise MoaError(
+            f"data: {len(pairs.pairs)} training pairs, fewer than one global batch of "
+            f"{cfg.global_batch} (train.batch_size × scaling.num_workers × train.grad_accum_steps)"
+        )
+    try:
+        load_tokenizer(cfg.model.name_or_path)
+    except MoaError as err:
+        raise MoaError(f"model.name_or_path: {err}") from None
+    if cfg.adapter.init_from is not None:
+        check_initial_adapter(cfg)
+    return pairs
+
+
+def check_initial_adapter(cfg: RunConfig) -> None:
+    """adapter.init_from must be an adapter of this run's shape."""
+    try:
+        saved = read_adapter_config(cfg.adapter.init_from)
+    except MoaError as err:
+        raise MoaError(f"adapter.init_from: {err}") from None
+    expected = {
+        "num_objectives": len(cfg.data.objectives),
+        "rank": cfg.adapter.rank,
+        "alpha": cfg.adapter.alpha,
+    }
+    for field, value in expected.items():
+        if getattr(saved, field) != value:
+            raise MoaError(
+                f"adapter.init_from: the adapter at {cfg.adapter.init_from} has "
+                f"{field}={getattr(saved, field)!r}; this run needs {value!r}"
+            )

@@ -1,0 +1,164 @@
+"""The run folder: how every recipe starts, resumes and reuses the folder it writes into
+(cfg.output_dir). config.yaml is written first; what a recipe reads of the config (its sections)
+and writes into the folder (its outputs) is its RunKind.
+
+  start_run     a new run (`moa train CONFIG`): a folder that holds a run is refused, or with
+                --overwrite its recipe's outputs are removed first, so results never sit next
+                to a config they did not come from
+  open_run      a stopped run, resumed (`--resume RUN_DIR`) with the config it was started with
+  claim_run     a run that continues when started again (a comparison, a sweep, each model they
+                train): kept when its config.yaml agrees on the recipe's sections (a changed
+                serve.port does not matter to training), else refused or, with overwrite, replaced
+  train_into    one model trained into its folder: reused when done (train.json), continued from
+                its last checkpoint when stopped
+  load_trained  a finished run's config, tokenizer and model with its adapter
+"""
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from orchestrator.atomic import atomic_write_text
+from orchestrator.config import TRAINING, RunConfig, load_config, with_fields
+from orchestrator.data.schema import PairDataset
+from orchestrator.distributed.train import train
+from orchestrator.errors import MoaError
+from orchestrator.model.adapter_io import ADAPTER_CONFIG, load_adapter
+from orchestrator.model.loading import load_model, load_tokenizer
+
+CONFIG = "config.yaml"
+TRAINED = "train.json"  # written last by train_into: the model is done
+
+
+@dataclass(frozen=True)
+class RunKind:
+    name: str  # what such a folder holds, in messages: "run", "comparison", "sweep"
+    sections: tuple[str, ...]  # the config sections its results depend on
+    outputs: tuple[str, ...]  # what it writes (glob patterns), removed when it is replaced
+
+
+# A trained model's folder (metrics.jsonl, tensorboard/, checkpoints/, best/, adapter/, eval/,
+# train.json); every recipe that trains writes these too.
+TRAINING_RUN = RunKind(
+    "run",
+    TRAINING,
+    (
+        CONFIG,
+        "metrics.jsonl",
+        "tensorboard",
+        "checkpoints",
+        "best",
+        "adapter",
+        "eval",
+        TRAINED,
+    ),
+)
+
+
+def start_run(cfg: RunConfig, kind: RunKind, overwrite: bool = False) -> Path:
+    """cfg.output_dir for a new run of `kind`, with config.yaml written. Call it after every
+    check, so that nothing is removed for a run that fails."""
+    run_dir = Path(cfg.output_dir)
+    if (run_dir / CONFIG).exists() and not overwrite:
+        raise MoaError(
+            f"output_dir {run_dir} already holds a run; choose another output_dir "
+            "or pass --overwrite to replace it"
+        )
+    _clear(run_dir, kind)
+    _write_config(run_dir, cfg)
+    return run_dir
+
+
+def open_run(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """The config the run in `run_dir` was started with (its config.yaml, `overrides` applied),
+    with output_dir `run_dir`: a moved folder resumes where it is."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise MoaError(f"{run_dir} is not a run folder: {CONFIG} is missing")
+    return with_fields(load_config(run_dir / CONFIG, overrides), {"output_dir": str(run_dir)})
+
+
+def claim_run(cfg: RunConfig, kind: RunKind, overwrite: bool = False) -> Path:
+    """cfg.output_dir for a run of `kind` that continues when started again: a folder whose
+    config.yaml agrees with `cfg` on the kind's sections is kept as it is; one that does not is
+    refused, or with `overwrite` its outputs are removed first. config.yaml is (re)written."""
+    run_dir = Path(cfg.output_dir)
+    saved = run_dir / CONFIG
+    differ = list(kind.sections)  # a folder without a config holds no run of this config
+    if saved.is_file():
+        try:
+            before, now = load_config(saved).model_dump(), cfg.model_dump()
+        except MoaError as err:
+            raise MoaError(f"{saved}: {err}") from None
+        differ = [name for name in kind.sections if before[name] != now[name]]
+        if differ and not overwrite:
+            raise MoaError(
+                f"{run_dir} holds a {kind.name} with another config ({', '.join(differ)} "
+                "differ); run it with that config to finish it, choose another output_dir, or "
+                "pass --overwrite to replace it"
+            )
+    if differ:
+        _clear(run_dir, kind)
+    _write_config(run_dir, cfg)
+    return run_dir
+
+
+def train_into(
+    cfg: RunConfig,
+    pairs: PairDataset,
+    *,
+    margins: torch.Tensor | None = None,
+    reference: torch.Tensor | None = None,
+    progress: bool = True,
+    callbacks: list | None = None,
+) -> tuple[Path, float]:
+    """(adapter, training seconds) of the model `cfg` describes, trained on Ray Train into
+    cfg.output_dir unless it is done there already. `margins`, `reference` and `callbacks` go to
+    distributed.train.train."""
+    run_dir = claim_run(cfg, TRAINING_RUN)
+    record = run_dir / TRAINED
+    if not record.is_file():
+        seconds = train(
+            cfg,
+            run_dir,
+            pairs,
+            progress=progress,
+            margins=margins,
+            reference=reference,
+            callbacks=callbacks,
+        )
+        atomic_write_text(record, json.dumps({"train_seconds": seconds}))
+    return run_dir / "adapter", json.loads(record.read_text())["train_seconds"]
+
+
+def load_trained(
+    run_dir: str | Path, overrides: list[str] = ()
+) -> tuple[RunConfig, object, object]:
+    """(config, tokenizer, model with the run's trained adapter) of a finished run."""
+    cfg = open_run(run_dir, overrides)
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    model = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.model.device)
+    load_adapter(model, Path(run_dir) / "adapter")
+    return cfg, tokenizer, model
+
+
+def chosen_adapter(run_dir: Path, best: bool) -> Path:
+    """The run's best adapter (best/, kept when eval.every > 0) when `best` and it has one, else
+    its final adapter/."""
+    candidate = run_dir / "best" / "adapter"
+    return candidate if best and (candidate / ADAPTER_CONFIG).is_file() else run_dir / "adapter"
+
+
+def _clear(run_dir: Path, kind: RunKind) -> None:
+    for pattern in kind.outputs:
+        for path in run_dir.glob(pattern):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _write_config(run_dir: Path, cfg: RunConfig) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG, yaml.safe_dump(cfg.model_dump(), sort_keys=False))

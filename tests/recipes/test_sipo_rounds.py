@@ -1,0 +1,67 @@
+"""The SIPO round's judging and review wiring, with a stand-in for the generation pool."""
+
+import numpy as np
+import pytest
+
+from orchestrator.config import load_config
+from orchestrator.data.assistant_task import AssistantTask
+from orchestrator.recipes.sipo import SIPORounds, realign_config
+
+OBJECTIVES = ["helpful", "harmless"]
+
+
+class FakePool:
+    """Rewrites Q1's answer better and Q0's worse, and drafts "draft answer"; rewards a response by
+    its length (helpful) and its number of words (harmless)."""
+
+    def generate(self, requests, progress=False):
+        from orchestrator.distributed.generation import GenerationResult
+
+        def text(prompt):
+            if prompt.startswith("Q") and "Rewrite the draft" in prompt:
+                return "better answer for Q1" if "Q1" in prompt else "x"
+            return "draft answer"
+
+        return [GenerationResult(text(r.prompt), 1, 0) for r in requests]
+
+    def implicit_rewards(self, prompts, responses, **options):
+        return np.array([[len(r), len(r.split())] for r in responses], dtype=float)
+
+
+@pytest.fixture
+def steps(tiny_base_dir):
+    def make(*overrides):
+        cfg = load_config(None, [f"model.name_or_path={tiny_base_dir}", *overrides])
+        return SIPORounds(cfg, progress=False)
+
+    return make
+
+
+def test_review_rewrites_a_candidate_only_where_the_rewrite_is_better_on_some_judge(steps):
+    step = steps("sipo.review=true")
+    prompts = ["Q0", "Q1"]
+    answers = ["draft answer", "draft answer"]
+    rewards = step._judge(FakePool(), prompts, answers)
+    params = [None, None]
+    kept = step._review(FakePool(), prompts, [(0.5, 0.5)] * 2, params, answers, rewards)
+    assert kept.tolist() == [False, True]  # "x" is worse on both judges
+    assert answers == ["draft answer", "better answer for Q1"]
+    assert rewards.tolist() == [[12.0, 2.0], [20.0, 4.0]]
+
+
+def test_ground_truth_judge_is_the_tasks_scorers(steps):
+    step = steps("sipo.judge=ground_truth")
+    task = AssistantTask()
+    prompt = task.prompts("train")[0]
+    answers = [a for _, a in task.sft_examples(3)]
+    expected = task.score_batch([prompt] * 3, answers, OBJECTIVES)
+    assert (step._judge(None, [prompt] * 3, answers) == expected).all()
+
+
+def test_realignment_config_is_dpo_plus_nll_anchored_on_the_start(steps, tmp_path):
+    step = steps("train.batch_size=4", "scaling.num_workers=2", "sipo.epochs=1.5")
+    cfg = realign_config(step.cfg, tmp_path / "train", tmp_path / "start", num_pairs=20)
+    assert cfg.train.reference == "initial" and cfg.adapter.init_from == str(tmp_path / "start")
+    assert (cfg.train.beta, cfg.train.nll_weight, cfg.train.learning_rate) == (0.1, 0.1, 5e-4)
+    assert cfg.train.max_steps == 4  # ⌈1.5 × 20 / (4 × 2)⌉
+    assert cfg.eval.every == 0 and cfg.output_dir == str(tmp_path / "train")

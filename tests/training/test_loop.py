@@ -1,0 +1,49 @@
+"""One rank's whole run in this process (training/loop.py without Ray): evaluation during
+training logs the coarse front's hypervolume and keeps the best adapter. On Ray the same loop
+runs in each Ray Train worker (tests/distributed/test_train.py, tests/recipes/test_sweep.py)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import load_config
+from orchestrator.data.sources import load_training_pairs
+from orchestrator.training.loop import train_rank
+from orchestrator.training.metrics_log import read_metrics
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(single_thread):
+    """The tiny model runs fastest on one thread."""
+
+
+def test_evaluation_during_training_keeps_the_best_adapter(tiny_base_dir, tmp_path):
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_base_dir}",
+            "data.num_pairs=64",
+            "adapter.rank=2",
+            "train.batch_size=8",
+            "train.max_steps=4",
+            "train.log_every=1",
+            "eval.every=2",
+            "eval.coarse_grid_divisions=2",
+            "eval.coarse_num_prompts=3",
+            "eval.max_new_tokens=8",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+    )
+    run_dir = Path(cfg.output_dir)
+    train_rank(cfg, run_dir, load_training_pairs(cfg.data))
+    history = read_metrics(run_dir)
+    assert [m["step"] for m in history] == [1, 2, 3, 4]
+    evaluated = {m["step"]: m["hypervolume"] for m in history if "hypervolume" in m}
+    assert sorted(evaluated) == [2, 4]
+    best = json.loads((run_dir / "best" / "best.json").read_text())
+    assert best["hypervolume"] == max(evaluated.values())
+    assert evaluated[best["step"]] == best["hypervolume"]
+    assert (run_dir / "best" / "adapter" / "adapter.safetensors").is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "adapter" / "adapter.safetensors").is_file()
