@@ -111,7 +111,10 @@ def _add_run_command(commands, name: str, help_text: str, resumable: bool = True
     command.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
     if resumable:
         command.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
-    command.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+        replaces = "replace an existing run folder"
+    else:
+        replaces = "replace a folder that holds one with another config (the same config resumes)"
+    command.add_argument("--overwrite", action="store_true", help=replaces)
     command.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 

@@ -207,7 +207,7 @@ class GenerationPool:
         progress: bool = False,
     ) -> np.ndarray:
         """[N, m] implicit rewards β(log π_{e_i} − log π_ref) of each (prompt, response) under
-        the latest adapter (sipo_judges.implicit_rewards), computed on the actors."""
+        the latest adapter (rewards.implicit.implicit_rewards), computed on the actors."""
         rows = [
             (prompt, response, beta, max_prompt_tokens, max_response_tokens)
             for prompt, response in zip(prompts, responses, strict=True)

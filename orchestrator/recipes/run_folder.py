@@ -8,7 +8,8 @@ and writes into the folder (its outputs) is its RunKind.
   open_run      a stopped run, resumed (`--resume RUN_DIR`) with the config it was started with
   claim_run     a run that continues when started again (a comparison, a sweep, each model they
                 train): kept when its config.yaml agrees on the recipe's sections (a changed
-                serve.port does not matter to training), else refused or, with overwrite, replaced
+                serve.port does not matter to training), else refused or, with overwrite, replaced;
+                a folder without config.yaml is taken as it is
   train_into    one model trained into its folder: reused when done (train.json), continued from
                 its last checkpoint when stopped
   load_trained  a finished run's config, tokenizer and model with its adapter
@@ -39,6 +40,7 @@ class RunKind:
     name: str  # what such a folder holds, in messages: "run", "comparison", "sweep"
     sections: tuple[str, ...]  # the config sections its results depend on
     outputs: tuple[str, ...]  # what it writes (glob patterns), removed when it is replaced
+    ignored: tuple[str, ...] = ()  # dotted fields of those sections that are not compared
 
 
 # A trained model's folder (metrics.jsonl, tensorboard/, checkpoints/, best/, adapter/, eval/,
@@ -57,6 +59,10 @@ TRAINING_RUN = RunKind(
         TRAINED,
     ),
 )
+# A model that continues from one its own run trained (an SPO stage, a SIPO round's
+# re-alignment): adapter.init_from is a path inside that run's folder, spelled as the run was
+# started or resumed and moved with it, so it is not compared; the run's own config fixes it.
+CONTINUED_RUN = RunKind("run", TRAINING, TRAINING_RUN.outputs, ignored=("adapter.init_from",))
 
 
 def start_run(cfg: RunConfig, kind: RunKind, overwrite: bool = False) -> Path:
@@ -88,12 +94,12 @@ def claim_run(cfg: RunConfig, kind: RunKind, overwrite: bool = False) -> Path:
     refused, or with `overwrite` its outputs are removed first. config.yaml is (re)written."""
     run_dir = Path(cfg.output_dir)
     saved = run_dir / CONFIG
-    differ = list(kind.sections)  # a folder without a config holds no run of this config
     if saved.is_file():
         try:
-            before, now = load_config(saved).model_dump(), cfg.model_dump()
+            before = _compared(load_config(saved), kind)
         except MoaError as err:
             raise MoaError(f"{saved}: {err}") from None
+        now = _compared(cfg, kind)
         differ = [name for name in kind.sections if before[name] != now[name]]
         if differ and not overwrite:
             raise MoaError(
@@ -101,8 +107,8 @@ def claim_run(cfg: RunConfig, kind: RunKind, overwrite: bool = False) -> Path:
                 "differ); run it with that config to finish it, choose another output_dir, or "
                 "pass --overwrite to replace it"
             )
-    if differ:
-        _clear(run_dir, kind)
+        if differ:
+            _clear(run_dir, kind)
     _write_config(run_dir, cfg)
     return run_dir
 
@@ -111,15 +117,16 @@ def train_into(
     cfg: RunConfig,
     pairs: PairDataset,
     *,
+    kind: RunKind = TRAINING_RUN,
     margins: torch.Tensor | None = None,
     reference: torch.Tensor | None = None,
     progress: bool = True,
     callbacks: list | None = None,
 ) -> tuple[Path, float]:
     """(adapter, training seconds) of the model `cfg` describes, trained on Ray Train into
-    cfg.output_dir unless it is done there already. `margins`, `reference` and `callbacks` go to
-    distributed.train.train."""
-    run_dir = claim_run(cfg, TRAINING_RUN)
+    cfg.output_dir unless it is done there already (its folder claimed as `kind`). `margins`,
+    `reference` and `callbacks` go to distributed.train.train."""
+    run_dir = claim_run(cfg, kind)
     record = run_dir / TRAINED
     if not record.is_file():
         seconds = train(
@@ -151,6 +158,15 @@ def chosen_adapter(run_dir: Path, best: bool) -> Path:
     its final adapter/."""
     candidate = run_dir / "best" / "adapter"
     return candidate if best and (candidate / ADAPTER_CONFIG).is_file() else run_dir / "adapter"
+
+
+def _compared(cfg: RunConfig, kind: RunKind) -> dict:
+    """The config's sections as claim_run compares them: without the kind's ignored fields."""
+    data = cfg.model_dump()
+    for field in kind.ignored:
+        section, name = field.split(".", 1)
+        data[section].pop(name)
+    return data
 
 
 def _clear(run_dir: Path, kind: RunKind) -> None:

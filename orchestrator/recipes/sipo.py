@@ -13,7 +13,7 @@ inside the re-alignment at its last Ray Train checkpoint:
                           rewards) and which one was kept
     selection.json        the selection's statistics
     pairs.jsonl           the new pairs (ŷ ≻ a), (ŷ ≻ b): the re-alignment's training data
-    train/                the re-alignment run (checkpoints, metrics.jsonl, adapter/)
+    train/                the re-alignment run (checkpoints, metrics.jsonl, adapter/, train.json)
     eval/                 the front after the round
     round.json            the round's statistics, written last: the round is done
   RUN_DIR/adapter/        the last round's adapter
@@ -56,6 +56,7 @@ from orchestrator.recipes.evaluate import front_on_pool
 from orchestrator.recipes.inputs import check_training_inputs
 from orchestrator.recipes.panacea import ensure_panacea
 from orchestrator.recipes.run_folder import (
+    CONTINUED_RUN,
     TRAINING_RUN,
     RunKind,
     claim_run,
@@ -325,7 +326,7 @@ class SIPORounds:
         steps = cfg.train.max_steps if len(new_pairs) >= cfg.global_batch else 0
         seconds = 0.0
         if steps:
-            _, seconds = train_into(cfg, new_pairs, progress=self.progress)
+            _, seconds = train_into(cfg, new_pairs, kind=CONTINUED_RUN, progress=self.progress)
         adapter = round_adapter(round_dir, start, steps)
         return adapter, {"realign_steps": steps, "training_seconds": seconds}
 

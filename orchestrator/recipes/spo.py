@@ -36,7 +36,14 @@ from orchestrator.evaluation.task_front import evaluate_on_grid
 from orchestrator.model.build import build_model
 from orchestrator.recipes.baselines import expert_config, model_config
 from orchestrator.recipes.inputs import check_training_inputs
-from orchestrator.recipes.run_folder import TRAINING_RUN, RunKind, open_run, start_run, train_into
+from orchestrator.recipes.run_folder import (
+    CONTINUED_RUN,
+    TRAINING_RUN,
+    RunKind,
+    open_run,
+    start_run,
+    train_into,
+)
 
 SPO_RUN = RunKind(
     "SPO run",
@@ -122,8 +129,9 @@ def train_spo(
                 },
             )
         anchor = logps[-1] if k > 1 else None  # π_{k−1}'s log-probs: not computed again
+        kind = CONTINUED_RUN if k > 1 else TRAINING_RUN  # stage k starts from stage k−1
         adapter, seconds = train_into(
-            config, pairs, margins=margins, reference=anchor, progress=progress
+            config, pairs, kind=kind, margins=margins, reference=anchor, progress=progress
         )
         stages.append(
             {

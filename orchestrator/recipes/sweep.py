@@ -6,7 +6,8 @@ stops trials that trail at step milestones.
 
   OUT/config.yaml        the sweep's config
   OUT/tuner/             Ray Tune's experiment state, read when the sweep is started again
-  OUT/trials/TRIAL_ID/   each trial's run folder (config.yaml, metrics.jsonl, adapter/, best/)
+  OUT/trials/TRIAL_ID/   each trial's run folder (config.yaml, metrics.jsonl, best/, adapter/,
+                         train.json once it is done)
   OUT/results.json       per trial: its values, steps, metrics, compute, status, Pareto sets
   OUT/report.md          the table of all trials
   OUT/pareto.png         hypervolume against inner product and against compute

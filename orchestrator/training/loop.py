@@ -96,9 +96,10 @@ def train_rank(
         metrics = trainer.train_step().as_dict()
         step, last = trainer.step, trainer.step == cfg.train.max_steps
         metrics["epoch"], metrics["position"] = trainer.epoch_and_position
-        if selection is not None and (step % cfg.eval.every == 0 or last):
+        evaluated = selection is not None and (step % cfg.eval.every == 0 or last)
+        if evaluated:
             metrics.update(selection.evaluate(step))
-        if logger is not None and (step % cfg.train.log_every == 0 or last):
+        if logger is not None and (evaluated or step % cfg.train.log_every == 0 or last):
             logger.log(metrics)
         if bar is not None:
             bar.update(1)

@@ -61,7 +61,7 @@ def test_panacea_tiny_job_writes_a_run(ray_head, tmp_path):
     res = ray_head.submit(
         "python", "-m", "orchestrator.cli", "train", "jobs/panacea_tiny.yaml",
         "model.name_or_path=builtin:tiny-quick", "data.num_pairs=64", "train.max_steps=2",
-        "train.warmup_steps=0", "train.batch_size=8", "scaling.num_workers=1", "eval.enabled=false",
+        "train.warmup_steps=0", "train.batch_size=8", "eval.enabled=false",
         f"output_dir={run_dir}",
         submission_id=submission_id,
     )  # fmt: skip

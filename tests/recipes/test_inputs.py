@@ -5,6 +5,7 @@ import json
 import pytest
 import yaml
 
+import orchestrator.distributed.generation as generation
 import orchestrator.distributed.train as distributed_train
 from orchestrator.cli import main
 
@@ -17,6 +18,8 @@ def refuse_workers(*args, **kwargs):
 def _no_workers(monkeypatch):
     monkeypatch.setattr(distributed_train, "ensure_ray", refuse_workers)
     monkeypatch.setattr(distributed_train, "TorchTrainer", refuse_workers)
+    monkeypatch.setattr(generation, "ensure_ray", refuse_workers)
+    monkeypatch.setattr(generation, "GenerationPool", refuse_workers)
 
 
 @pytest.fixture

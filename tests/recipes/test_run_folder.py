@@ -12,6 +12,7 @@ from orchestrator.config import load_config, with_fields
 from orchestrator.errors import MoaError
 from orchestrator.recipes import run_folder
 from orchestrator.recipes.run_folder import (
+    CONTINUED_RUN,
     TRAINING_RUN,
     RunKind,
     claim_run,
@@ -74,6 +75,30 @@ def test_a_resumable_run_is_kept_when_only_sections_it_does_not_read_change(cfg)
     assert (run_dir / "trials").is_dir()  # nothing removed for a refused call
     claim_run(retuned, SWEEP_LIKE, overwrite=True)
     assert not (run_dir / "trials").exists()
+
+
+def test_a_folder_without_a_config_is_taken_as_it_is(cfg):
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir()
+    (run_dir / "trials").mkdir()  # not a run of ours: nothing says it is
+    claim_run(cfg, SWEEP_LIKE)
+    assert (run_dir / "trials").is_dir() and saved(run_dir)["train"]["max_steps"] == 5
+
+
+def test_a_continued_model_is_kept_wherever_its_run_put_the_adapter_it_starts_from(cfg, tmp_path):
+    """An SPO stage or a SIPO re-alignment starts from an adapter inside its run folder, spelled
+    as the run was started or resumed (relative, absolute, moved)."""
+    started = with_fields(cfg, {"adapter.init_from": "runs/sipo/panacea/adapter"})
+    resumed = with_fields(cfg, {"adapter.init_from": str(tmp_path / "runs/sipo/panacea/adapter")})
+    run_dir = claim_run(started, CONTINUED_RUN)
+    (run_dir / "checkpoints").mkdir()
+    assert claim_run(resumed, CONTINUED_RUN) == run_dir
+    assert (run_dir / "checkpoints").is_dir()
+    other = with_fields(resumed, {"adapter.rank": 4})
+    with pytest.raises(MoaError, match=r"\(adapter differ\)"):
+        claim_run(other, CONTINUED_RUN)
+    with pytest.raises(MoaError, match=r"\(adapter differ\)"):
+        claim_run(started, TRAINING_RUN)  # a model that starts from an adapter of its own
 
 
 def test_a_moved_run_folder_opens_where_it_is(cfg, tmp_path):

@@ -106,6 +106,13 @@ def test_each_trial_reports_the_metrics_its_run_logged(sweep):
         assert row["hypervolume"] == pytest.approx(last["hypervolume"])
         assert row["inner_product"] == pytest.approx(last["inner_product"])
         assert row["hypervolume"] >= 0 and row["compute"] > 0
+        # Rank 0 of the trial's Ray Train workers evaluated during training and kept the best.
+        evaluated = {
+            m["step"]: m["hypervolume"] for m in read_metrics(run_dir) if "hypervolume" in m
+        }
+        best = json.loads((run_dir / "best" / "best.json").read_text())
+        assert sorted(evaluated) == [2, 4] and best["hypervolume"] == max(evaluated.values())
+        assert (run_dir / "best" / "adapter" / "adapter.safetensors").is_file()
 
 
 def test_the_table_pareto_sets_and_best_config_are_written(sweep):
@@ -161,7 +168,8 @@ def test_a_trial_tune_stops_gives_its_workers_back(tiny_config, tmp_path, monkey
         return dataclasses.replace(tune_config(cfg), scheduler=StopTheSecondTrialAtStep2())
 
     monkeypatch.setattr(tune_module, "tune_config", stopping)
-    free = ray.available_resources()["CPU"]
+    total = ray.cluster_resources()["CPU"]
+    assert cpus_free_within(60) == total, live_actors()  # no earlier test holds a CPU any more
     result = run_sweep(cfg)
     assert [(row["status"], row["step"]) for row in result.trials] == [
         ("finished", 4),
@@ -169,8 +177,20 @@ def test_a_trial_tune_stops_gives_its_workers_back(tiny_config, tmp_path, monkey
     ]
     assert not (result.out_dir / result.trials[1]["run_dir"] / "train.json").exists()
     # Tune killed the second trial mid-run; Ray Train frees its worker group once it sees that.
-    # (At least the CPUs free before: an earlier test's actor may still have been going then.)
-    deadline = time.monotonic() + 60
-    while ray.available_resources().get("CPU", 0) < free and time.monotonic() < deadline:
+    assert cpus_free_within(60) == pytest.approx(total), live_actors()
+
+
+def cpus_free_within(seconds: float) -> float:
+    """The cluster's free CPUs once every CPU is free again, or when `seconds` have passed."""
+    deadline = time.monotonic() + seconds
+    total = ray.cluster_resources()["CPU"]
+    while ray.available_resources().get("CPU", 0) < total and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert ray.available_resources().get("CPU", 0) >= free
+    return ray.available_resources().get("CPU", 0)
+
+
+def live_actors() -> list[str]:
+    """What holds the cluster's resources, for a failure's message."""
+    from ray.util.state import list_actors
+
+    return [f"{a.class_name} ({a.pid})" for a in list_actors(filters=[("state", "=", "ALIVE")])]

@@ -18,7 +18,11 @@ def _one_thread(single_thread):
     """The tiny model runs fastest on one thread."""
 
 
-def test_evaluation_during_training_keeps_the_best_adapter(tiny_base_dir, tmp_path):
+@pytest.mark.parametrize(("log_every", "logged"), [(1, [1, 2, 3, 4]), (3, [2, 3, 4])])
+def test_evaluation_during_training_keeps_the_best_adapter(
+    tiny_base_dir, tmp_path, log_every, logged
+):
+    """Every evaluated step is logged, also one that is not a log_every step."""
     cfg = load_config(
         None,
         [
@@ -27,7 +31,7 @@ def test_evaluation_during_training_keeps_the_best_adapter(tiny_base_dir, tmp_pa
             "adapter.rank=2",
             "train.batch_size=8",
             "train.max_steps=4",
-            "train.log_every=1",
+            f"train.log_every={log_every}",
             "eval.every=2",
             "eval.coarse_grid_divisions=2",
             "eval.coarse_num_prompts=3",
@@ -38,7 +42,7 @@ def test_evaluation_during_training_keeps_the_best_adapter(tiny_base_dir, tmp_pa
     run_dir = Path(cfg.output_dir)
     train_rank(cfg, run_dir, load_training_pairs(cfg.data))
     history = read_metrics(run_dir)
-    assert [m["step"] for m in history] == [1, 2, 3, 4]
+    assert [m["step"] for m in history] == logged
     evaluated = {m["step"]: m["hypervolume"] for m in history if "hypervolume" in m}
     assert sorted(evaluated) == [2, 4]
     best = json.loads((run_dir / "best" / "best.json").read_text())
