@@ -13,6 +13,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import psutil
@@ -36,6 +37,37 @@ def _isolated_environment(tmp_path_factory):
     """Tests never write to ~/.cache and never report Ray usage."""
     os.environ["MOA_CACHE_DIR"] = str(tmp_path_factory.mktemp("moa-cache"))
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
+
+PACKAGE_DIR = str(Path(__file__).resolve().parents[1] / "orchestrator")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _deprecations_met_by_project_code_fail():
+    """A DeprecationWarning or FutureWarning raised while orchestrator's code is on the stack is an
+    error. pytest's filterwarnings (pyproject.toml) matches only the module a warning names, and a
+    library's warning often names its own frame: transformers' deprecated `forward` arguments
+    name torch's Module.__call__."""
+    original = warnings.warn
+
+    def warn(message, category=None, stacklevel=1, source=None):
+        kind = type(message) if isinstance(message, Warning) else category or UserWarning
+        if issubclass(kind, DeprecationWarning | FutureWarning) and _project_on_stack():
+            raise message if isinstance(message, Warning) else kind(message)
+        original(message, category, stacklevel + 1, source)
+
+    warnings.warn = warn
+    yield
+    warnings.warn = original
+
+
+def _project_on_stack() -> bool:
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(PACKAGE_DIR):
+            return True
+        frame = frame.f_back
+    return False
 
 
 @pytest.fixture(scope="session")

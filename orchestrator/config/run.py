@@ -12,6 +12,7 @@ from orchestrator.config.sections import (
     CheckpointSection,
     CompareSection,
     DataSection,
+    DeepSpeedSection,
     EvalSection,
     GenerationSection,
     LoggingSection,
@@ -89,6 +90,18 @@ class RunConfig(Section):
                 "train.reference: initial keeps a frozen copy of the whole adapter on each "
                 "worker, which deepspeed zero_stage 3 partitions; use zero_stage 2 or ddp"
             )
+        if self.train.reference == "initial" and self.adapter.init_from is None:
+            raise ValueError(
+                "train.reference: initial anchors on the adapter training starts from; it needs "
+                "adapter.init_from (or use train.reference: base)"
+            )
+        self._check_scaling()
+        if self.eval.enabled and self.eval.every > self.train.max_steps:
+            raise ValueError(
+                f"eval.every ({self.eval.every}) exceeds train.max_steps "
+                f"({self.train.max_steps}): no step but the last would be evaluated; set "
+                "eval.every: 0 for that"
+            )
         self._check_fixed_preference()
         self._check_spo()
         sipo = self.sipo
@@ -115,6 +128,16 @@ class RunConfig(Section):
                 f"for {len(self.data.objectives)} objectives"
             )
         return self
+
+    def _check_scaling(self) -> None:
+        scaling = self.scaling
+        if scaling.strategy != "deepspeed" and scaling.deepspeed != DeepSpeedSection():
+            raise ValueError(
+                "scaling.deepspeed is set, but scaling.strategy is ddp, which ignores it; set "
+                "scaling.strategy: deepspeed"
+            )
+        if scaling.deepspeed.bf16 and not scaling.use_gpu:
+            raise ValueError("scaling.deepspeed.bf16 needs scaling.use_gpu: true")
 
     def _check_fixed_preference(self) -> None:
         objectives, train = self.data.objectives, self.train

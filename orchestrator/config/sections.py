@@ -69,7 +69,8 @@ class TrainSection(Section):
     batch_size: Count = 16  # pairs per micro-batch
     grad_accum_steps: Count = 1
     max_steps: Count = 300
-    warmup_steps: Annotated[int, Field(ge=0)] = 20
+    # Linear warm-up of the learning rate; default min(20, max_steps // 5) (see `warmup`).
+    warmup_steps: Annotated[int, Field(ge=0)] | None = None
     max_grad_norm: Positive | None = 1.0
     vertex_probability: Probability = 0.2  # chance that a step trains a single objective
     precompute_reference: bool = True  # reference log-probs once per dataset, not per step
@@ -85,6 +86,20 @@ class TrainSection(Section):
     objective: str | None = None
     seed: int = 0
     log_every: Count = 10
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainSection":
+        if self.warmup_steps is not None and self.warmup_steps > self.max_steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps}): the "
+                "learning rate would never reach train.learning_rate"
+            )
+        return self
+
+    @property
+    def warmup(self) -> int:
+        """The warm-up steps: warmup_steps, else min(20, max_steps // 5)."""
+        return min(20, self.max_steps // 5) if self.warmup_steps is None else self.warmup_steps
 
 
 class DeepSpeedSection(Section):
@@ -152,6 +167,23 @@ class EvalSection(Section):
     coarse_grid_divisions: Count = 4
     coarse_num_prompts: Count = 16
 
+    @model_validator(mode="after")
+    def _check(self) -> "EvalSection":
+        _check_sampling(self.temperature, self.top_p)
+        if self.answers_per_prompt > 1 and self.temperature == 0:
+            raise ValueError(
+                f"answers_per_prompt ({self.answers_per_prompt}) > 1 needs temperature > 0 "
+                "(greedy answers repeat)"
+            )
+        return self
+
+
+def _check_sampling(temperature: float, top_p: float) -> None:
+    if top_p < 1 and temperature == 0:
+        raise ValueError(
+            f"top_p ({top_p}) needs temperature > 0: greedy decoding takes the likeliest token"
+        )
+
 
 class SIPOSection(Section):
     """SIPO self-improvement rounds (`moa sipo`) on a Panacea model (ALGORITHMS.md §3)."""
@@ -187,6 +219,7 @@ class SIPOSection(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "SIPOSection":
+        _check_sampling(self.temperature, self.top_p)
         if self.candidates_per_preference > 1 and self.temperature == 0:
             raise ValueError(
                 "candidates_per_preference > 1 needs temperature > 0 (greedy answers repeat)"

@@ -74,7 +74,7 @@ def decode_steps(
         position_ids=positions,
         **_last_logits_only(model),
     )
-    cache, logits = out.past_key_values, out.logits[:, -1]
+    cache, logits = out.cache, out.logits[:, -1]
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     for t in range(int(limits.max())):
         token = _next_tokens(logits, params, generators)
@@ -98,9 +98,9 @@ def decode_steps(
             input_ids=token.unsqueeze(-1),
             attention_mask=attention_mask,
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
         )
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        cache, logits = out.cache, out.logits[:, -1]
 
 
 def generate_tokens(

@@ -7,7 +7,7 @@ own tiny Llama model for the built-in task, built once and cached (see orchestra
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from orchestrator.errors import MoaError
 from orchestrator.model.tiny import BUILTIN_BASES, ensure_tiny_base
@@ -36,6 +36,16 @@ def load_tokenizer(name_or_path: str):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def context_length(name_or_path: str) -> int | None:
+    """The longest sequence the model was built for, when its config names it."""
+    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
 
 
 def resolve_device(device: str) -> torch.device:

@@ -1,13 +1,13 @@
 """What every training recipe checks on the driver before any Ray worker starts: the dataset
-(its objectives, at least one global batch), the model, adapter.init_from. A mistake fails here,
-with the field named."""
+(its objectives, at least one global batch), the model and its context, adapter.init_from. A
+mistake fails here, with the field named."""
 
 from orchestrator.config import RunConfig
 from orchestrator.data.schema import PairDataset
 from orchestrator.data.sources import load_training_pairs
 from orchestrator.errors import MoaError
 from orchestrator.model.adapter_io import read_adapter_config
-from orchestrator.model.loading import load_tokenizer
+from orchestrator.model.loading import context_length, load_tokenizer
 
 
 def check_training_inputs(cfg: RunConfig) -> PairDataset:
@@ -26,6 +26,10 @@ def check_training_inputs(cfg: RunConfig) -> PairDataset:
         load_tokenizer(cfg.model.name_or_path)
     except MoaError as err:
         raise MoaError(f"model.name_or_path: {err}") from None
+    answers = {"data.max_response_tokens": cfg.data.max_response_tokens}
+    if cfg.eval.enabled:
+        answers["eval.max_new_tokens"] = cfg.eval.max_new_tokens
+    check_context(cfg, answers)
     if cfg.adapter.init_from is not None:
         check_initial_adapter(cfg)
     return pairs
@@ -47,4 +51,17 @@ def check_initial_adapter(cfg: RunConfig) -> None:
             raise MoaError(
                 f"adapter.init_from: the adapter at {cfg.adapter.init_from} has "
                 f"{field}={getattr(saved, field)!r}; this run needs {value!r}"
+            )
+
+
+def check_context(cfg: RunConfig, answers: dict[str, int]) -> None:
+    """A prompt of data.max_prompt_tokens and each answer length of `answers` (field → tokens)
+    must fit in the model's context."""
+    context = context_length(cfg.model.name_or_path)
+    prompt = cfg.data.max_prompt_tokens
+    for field, tokens in answers.items():
+        if context is not None and prompt + tokens > context:
+            raise MoaError(
+                f"data.max_prompt_tokens + {field} ({prompt} + {tokens}) exceed the context of "
+                f"{cfg.model.name_or_path} ({context} tokens)"
             )

@@ -2,9 +2,10 @@
 (cfg.output_dir). config.yaml is written first; what a recipe reads of the config (its sections)
 and writes into the folder (its outputs) is its RunKind.
 
-  start_run     a new run (`moa train CONFIG`): a folder that holds a run is refused, or with
-                --overwrite its recipe's outputs are removed first, so results never sit next
-                to a config they did not come from
+  start_run     a new run (`moa train CONFIG`): a folder that holds a run is refused (a stopped
+                one with the --resume command that continues it), or with --overwrite its
+                recipe's outputs are removed first, so results never sit next to a config they
+                did not come from
   open_run      a stopped run, resumed (`--resume RUN_DIR`) with the config it was started with
   claim_run     a run that continues when started again (a comparison, a sweep, each model they
                 train): kept when its config.yaml agrees on the recipe's sections (a changed
@@ -41,6 +42,8 @@ class RunKind:
     sections: tuple[str, ...]  # the config sections its results depend on
     outputs: tuple[str, ...]  # what it writes (glob patterns), removed when it is replaced
     ignored: tuple[str, ...] = ()  # dotted fields of those sections that are not compared
+    command: str = ""  # the moa command that starts and resumes it (start_run's kinds)
+    finished: str = TRAINED  # written last: a folder without it holds a stopped run
 
 
 # A trained model's folder (metrics.jsonl, tensorboard/, checkpoints/, best/, adapter/, eval/,
@@ -58,6 +61,7 @@ TRAINING_RUN = RunKind(
         "eval",
         TRAINED,
     ),
+    command="train",
 )
 # A model that continues from one its own run trained (an SPO stage, a SIPO round's
 # re-alignment): adapter.init_from is a path inside that run's folder, spelled as the run was
@@ -70,9 +74,15 @@ def start_run(cfg: RunConfig, kind: RunKind, overwrite: bool = False) -> Path:
     check, so that nothing is removed for a run that fails."""
     run_dir = Path(cfg.output_dir)
     if (run_dir / CONFIG).exists() and not overwrite:
+        if (run_dir / kind.finished).exists():
+            raise MoaError(
+                f"output_dir {run_dir} already holds a finished {kind.name}; choose another "
+                "output_dir or pass --overwrite to replace it"
+            )
         raise MoaError(
-            f"output_dir {run_dir} already holds a run; choose another output_dir "
-            "or pass --overwrite to replace it"
+            f"output_dir {run_dir} holds a stopped {kind.name}{_progress(run_dir)}; continue it "
+            f"with `moa {kind.command} --resume {run_dir}`, or pass --overwrite to start again, "
+            f"which deletes {', '.join(_present_outputs(run_dir, kind))}"
         )
     _clear(run_dir, kind)
     _write_config(run_dir, cfg)
@@ -167,6 +177,17 @@ def _compared(cfg: RunConfig, kind: RunKind) -> dict:
         section, name = field.split(".", 1)
         data[section].pop(name)
     return data
+
+
+def _progress(run_dir: Path) -> str:
+    """The newest checkpoint anywhere in the folder, for a message."""
+    steps = [int(path.name.rsplit("_", 1)[1]) for path in run_dir.glob("**/checkpoint_[0-9]*")]
+    return f" (last checkpoint at step {max(steps)})" if steps else ""
+
+
+def _present_outputs(run_dir: Path, kind: RunKind) -> list[str]:
+    names = {path.name for pattern in kind.outputs for path in run_dir.glob(pattern)}
+    return sorted(names - {CONFIG}) or [CONFIG]
 
 
 def _clear(run_dir: Path, kind: RunKind) -> None:

@@ -49,6 +49,8 @@ SPO_RUN = RunKind(
     "SPO run",
     (*TRAINING_RUN.sections, "spo"),
     (*TRAINING_RUN.outputs, "stage_*", "logprobs", "spo.json"),
+    command="spo",
+    finished="spo.json",
 )
 
 

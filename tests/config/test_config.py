@@ -55,6 +55,26 @@ def test_yaml_file_and_dotted_overrides(tmp_path):
         (["compare.seeds=[]"], "seeds must be distinct and not empty"),
         (["eval.reference_point=[0, 0, 0]"], "eval.reference_point has 3 values for 2"),
         (["train.beta"], "must look like section.field=value"),
+        (
+            ["train.max_steps=10", "train.warmup_steps=11"],
+            r"train: warmup_steps \(11\) exceeds max_steps \(10\)",
+        ),
+        (["eval.answers_per_prompt=3"], r"eval: answers_per_prompt \(3\) > 1 needs temperature"),
+        (["eval.top_p=0.9"], r"eval: top_p \(0.9\) needs temperature > 0"),
+        (["sipo.top_p=0.9"], r"sipo: top_p \(0.9\) needs temperature > 0"),
+        (["train.reference=initial"], "train.reference: initial .* needs adapter.init_from"),
+        (
+            ["scaling.deepspeed.offload_optimizer=true"],
+            "scaling.deepspeed is set, but scaling.strategy is ddp",
+        ),
+        (
+            ["scaling.strategy=deepspeed", "scaling.deepspeed.bf16=true"],
+            "scaling.deepspeed.bf16 needs scaling.use_gpu: true",
+        ),
+        (
+            ["train.max_steps=50", "eval.every=100"],
+            r"eval.every \(100\) exceeds train.max_steps \(50\)",
+        ),
     ],
 )
 def test_bad_config_names_the_field(overrides, message):
@@ -67,6 +87,13 @@ def test_fixed_preference_defaults_to_the_objectives_vertex():
     assert load_config(None, ["train.objective=harmless"]).fixed_preference == [0.0, 1.0]
     both = load_config(None, ["train.objective=harmless", "train.preference=[0.5, 0.5]"])
     assert both.fixed_preference == [0.5, 0.5]
+
+
+@pytest.mark.parametrize(("max_steps", "warmup"), [(300, 20), (50, 10), (4, 0)])
+def test_warmup_defaults_to_a_fifth_of_a_short_run(max_steps, warmup):
+    assert load_config(None, [f"train.max_steps={max_steps}"]).train.warmup == warmup
+    given = load_config(None, [f"train.max_steps={max_steps}", f"train.warmup_steps={max_steps}"])
+    assert given.train.warmup == max_steps
 
 
 def test_bad_files(tmp_path):

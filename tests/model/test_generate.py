@@ -221,11 +221,9 @@ class FixedLogits(nn.Module):
         super().__init__()
         self.register_buffer("fixed", logits)
 
-    def forward(self, input_ids, attention_mask, position_ids, past_key_values=None):
+    def forward(self, input_ids, attention_mask, position_ids, cache=None):
         batch, length = input_ids.shape
-        return SimpleNamespace(
-            logits=self.fixed.expand(batch, length, -1), past_key_values=past_key_values
-        )
+        return SimpleNamespace(logits=self.fixed.expand(batch, length, -1), cache=cache)
 
 
 @pytest.mark.parametrize(

@@ -107,6 +107,12 @@ def refused(capsys, args: list[str]) -> str:
         ),
         (["train.reference=policy"], ["train.reference", "'policy'"]),
         (["adapter.init_from=/no/such/adapter"], ["adapter.init_from", "adapter_config.json"]),
+        (
+            ["data.max_response_tokens=250"],
+            ["data.max_prompt_tokens + data.max_response_tokens (64 + 250)", "(256 tokens)"],
+        ),
+        (["eval.max_new_tokens=200"], ["data.max_prompt_tokens + eval.max_new_tokens (64 + 200)"]),
+        (["scaling.deepspeed.offload_optimizer=true"], ["scaling.strategy is ddp"]),
     ],
 )
 def test_bad_config_is_refused_before_any_worker(capsys, config_file, run_dir, overrides, names):
@@ -144,6 +150,7 @@ def test_existing_run_folder_needs_overwrite(capsys, config_file, run_dir):
     (run_dir / "config.yaml").write_text("earlier: run\n")
     err = refused(capsys, [str(config_file)])
     assert str(run_dir) in err and "--overwrite" in err
+    assert f"holds a stopped run; continue it with `moa train --resume {run_dir}`" in err
     assert (run_dir / "config.yaml").read_text() == "earlier: run\n"
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
 
@@ -203,6 +210,7 @@ def test_initial_adapter_of_another_shape(capsys, config_file, run_dir, tmp_path
         (["sipo.beam=2"], ["unknown field 'sipo.beam'"]),
         (["sipo.init_from=/no/such/run"], ["sipo.init_from", "not a finished Panacea run"]),
         (["data.conflict_fraction=0"], ["no conflicting pairs"]),
+        (["sipo.max_new_tokens=200"], ["data.max_prompt_tokens + sipo.max_new_tokens (64 + 200)"]),
     ],
 )
 def test_bad_sipo_config_is_refused_before_any_worker(

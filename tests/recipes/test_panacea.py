@@ -69,7 +69,7 @@ def test_a_finished_run_is_never_silently_mixed_with_a_new_one(jsonl_config, fin
     cfg = with_fields(jsonl_config, {"output_dir": str(run_dir)})
     (run_dir / "eval").mkdir()
     (run_dir / "eval" / "front.json").write_text("{}")  # a result of the earlier run
-    with pytest.raises(MoaError, match="already holds a run"):
+    with pytest.raises(MoaError, match="already holds a finished run"):
         run_panacea(cfg, progress=False)
     assert (run_dir / "adapter" / "adapter.safetensors").is_file()  # nothing was lost
     run_panacea(cfg, progress=False, overwrite=True)

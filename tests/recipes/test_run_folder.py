@@ -51,7 +51,8 @@ def test_a_new_run_refuses_a_folder_with_a_run_and_replaces_only_its_outputs(cfg
     run_dir = start_run(cfg, TRAINING_RUN)
     (run_dir / "adapter").mkdir()
     (run_dir / "notes.txt").write_text("mine")  # not an output of a training run
-    with pytest.raises(MoaError, match=r"already holds a run.*--overwrite"):
+    (run_dir / "train.json").write_text("{}")  # finished
+    with pytest.raises(MoaError, match=r"already holds a finished run.*--overwrite"):
         start_run(cfg, TRAINING_RUN)
     assert (run_dir / "adapter").is_dir()
     changed = with_fields(cfg, {"train.max_steps": 7})
@@ -59,6 +60,21 @@ def test_a_new_run_refuses_a_folder_with_a_run_and_replaces_only_its_outputs(cfg
     assert not (run_dir / "adapter").exists()
     assert (run_dir / "notes.txt").read_text() == "mine"
     assert saved(run_dir)["train"]["max_steps"] == 7
+
+
+def test_a_stopped_run_is_told_how_to_resume_and_what_overwrite_deletes(cfg):
+    run_dir = start_run(cfg, TRAINING_RUN)
+    for step in (4, 8):
+        (run_dir / "checkpoints" / f"checkpoint_{step:06d}").mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text("")
+    expected = (
+        rf"output_dir {run_dir} holds a stopped run \(last checkpoint at step 8\); continue it "
+        rf"with `moa train --resume {run_dir}`, or pass --overwrite to start again, which "
+        r"deletes checkpoints, metrics.jsonl$"
+    )
+    with pytest.raises(MoaError, match=expected):
+        start_run(cfg, TRAINING_RUN)
+    assert (run_dir / "checkpoints" / "checkpoint_000008").is_dir()
 
 
 def test_a_resumable_run_is_kept_when_only_sections_it_does_not_read_change(cfg):
