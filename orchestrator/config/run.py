@@ -148,6 +148,12 @@ class RunConfig(Section):
                 validate_preference(train.preference, len(objectives))
             except MoaError as err:
                 raise ValueError(f"train.preference: {err}") from None
+        if self.fixed_preference is not None and self.eval.enabled and self.eval.every:
+            raise ValueError(
+                "eval.every keeps the adapter whose front over the λ grid is best; a model "
+                "trained at one λ (train.preference or train.objective) answers at that λ only; "
+                "set eval.every: 0"
+            )
 
     def _check_spo(self) -> None:
         objectives, spo, order = self.data.objectives, self.spo, self.spo_order

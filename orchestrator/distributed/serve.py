@@ -127,6 +127,7 @@ class SteerableModel:
         self.lock = asyncio.Lock()  # one batch at a time; a reload waits for the batch in flight
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         self.adapter: tuple[str, str] | None = None  # (path, version)
+        self.trained_at: tuple[float, ...] | None = None  # the adapter's one λ, if fixed
         self.batch_sizes: Counter[int] = Counter()
 
     async def reconfigure(self, user_config: dict) -> None:
@@ -148,6 +149,7 @@ class SteerableModel:
                 self.executor, load_adapter_tensors, self.model, config, tensors
             )
             self.adapter = (live.adapter, version)
+            self.trained_at = config.trained_at
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _decode(self, jobs: list[DecodeJob]) -> AsyncIterator[list]:
@@ -227,7 +229,9 @@ class SteerableModel:
 
     def _preference(self, body: GenerationBody) -> list[float]:
         spec = self.spec
-        return resolve_preference(body, spec.model_name, spec.objectives, spec.default_preference)
+        return resolve_preference(
+            body, spec.model_name, spec.objectives, spec.default_preference, self.trained_at
+        )
 
     @api.post("/v1/completions")
     async def completions(self, request: Request):
@@ -342,16 +346,27 @@ class SteerableModel:
     @api.get("/v1/preferences")
     async def preferences(self) -> dict:
         spec = self.spec
+        m = len(spec.objectives)
+        accepted = (
+            f"a list of {m} non-negative weights summing to 1, or an {{objective: weight}} map "
+            '(objectives left out weigh 0); "normalize": true rescales any non-negative, '
+            "not-all-zero weights"
+        )
+        trained_at = None
+        if self.trained_at is not None:
+            trained_at = preference_map(self.trained_at, spec.objectives)
+            accepted = f"only {trained_at}: this model was trained at that one preference"
         return {
             "objectives": spec.objectives,
-            "default_preference": preference_map(spec.default_preference, spec.objectives),
+            "default_preference": preference_map(
+                self.trained_at or spec.default_preference, spec.objectives
+            ),
+            "trained_at": trained_at,
             "adapter": self.adapter[0],
             "adapter_version": self.adapter[1],
             "model": spec.model_name,
             "accepts": {
-                "preference": f"a list of {len(spec.objectives)} non-negative weights summing "
-                "to 1, or an {objective: weight} map (objectives left out weigh 0); "
-                '"normalize": true rescales any non-negative, not-all-zero weights',
+                "preference": accepted,
                 "model": f"{spec.model_name} or {spec.model_name}:w1,...,wm",
                 "max_tokens": f"1 to {spec.max_tokens} (default {spec.default_max_tokens})",
                 "prompt_tokens": f"at most {spec.max_prompt_tokens}",

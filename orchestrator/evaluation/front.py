@@ -12,7 +12,7 @@ from torch import nn
 
 from orchestrator.evaluation.metrics import hypervolume, inner_product, spacing, sparsity
 from orchestrator.model.generate import SamplingParams, generate
-from orchestrator.model.svd_lora import adapter_disabled
+from orchestrator.model.svd_lora import adapter_disabled, has_svd_lora, svd_lora_config
 
 GREEDY = SamplingParams(max_new_tokens=96)
 # answer(prompts, preferences [rows, m], sampling params per row) → one answer per row
@@ -105,16 +105,22 @@ def evaluate_front(
     `answers_per_prompt` times and the point estimates the expected scores of the policy at λ.
     `samples_per_point` answers per λ are kept for reading. `answer` generates the rows (default:
     `model` in this process; a generation pool's `pool.answerer()` spreads them over actors).
+    A model trained at one λ (its adapter's trained_at) answers every row at that λ, as its
+    recipe runs it: at any other λ its untrained columns would switch on.
     """
     per_point = len(prompts) * answers_per_prompt
     rows_lam = grid.repeat_interleave(per_point, dim=0)
+    trained_at = svd_lora_config(model).trained_at if has_svd_lora(model) else None
+    answered_at = rows_lam
+    if trained_at is not None:
+        answered_at = torch.tensor(trained_at, dtype=grid.dtype).expand_as(rows_lam)
     rows_prompts, answers, scores = _answer_and_score(
         model,
         tokenizer,
         task,
         objectives,
         list(prompts) * len(grid),
-        rows_lam,
+        answered_at,
         sampling,
         answers_per_prompt,
         max_prompt_tokens,

@@ -138,6 +138,7 @@ def inject_from_config(model: nn.Module, config: SVDLoRAConfig) -> nn.Module:
         config.target_modules,
         objective_names=config.objective_names,
         init_std=config.init_std,
+        trained_at=config.trained_at,
     )
 
 

@@ -38,6 +38,9 @@ class SVDLoRAConfig:
     objective_names: tuple[str, ...] | None = None
     init_std: float = 0.02
     base_model: str | None = None  # the base model's name or path, for the record
+    # The one λ a fixed-λ model was trained at (a DPO expert, a DPS or MODPO model, an SPO stage);
+    # None for a λ-conditioned model. At any other λ its untrained U/V columns switch on.
+    trained_at: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,7 +48,7 @@ class SVDLoRAConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "SVDLoRAConfig":
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        for key in ("target_modules", "objective_names"):
+        for key in ("target_modules", "objective_names", "trained_at"):
             if known.get(key) is not None:
                 known[key] = tuple(known[key])
         return cls(**known)
@@ -144,6 +147,7 @@ def inject_svd_lora(
     objective_names: Sequence[str] | None = None,
     init_std: float = 0.02,
     seed: int = 0,
+    trained_at: Sequence[float] | None = None,
 ) -> nn.Module:
     """Replace the target linear layers of `model` in place by SVD-LoRA layers; freeze the rest.
 
@@ -165,6 +169,9 @@ def inject_svd_lora(
         raise MoaError(
             f"objective_names has {len(objective_names)} names for {num_objectives} objectives"
         )
+    if trained_at is not None:
+        validate_preference(trained_at, num_objectives)
+        trained_at = tuple(float(x) for x in trained_at)
     names = _resolve_targets(model, target_modules)
     model.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
@@ -183,6 +190,7 @@ def inject_svd_lora(
         objective_names=tuple(objective_names) if objective_names else None,
         init_std=init_std,
         base_model=getattr(getattr(model, "config", None), "_name_or_path", None) or None,
+        trained_at=trained_at,
     )
     return model
 

@@ -37,6 +37,12 @@ def served_model(source: str, overrides: Sequence[str] = ()) -> ServedModel:
             f"{source} is neither a run folder (with {CONFIG}) nor an adapter folder "
             f"(with {ADAPTER_CONFIG})"
         )
+    default = cfg.serve.default_preference
+    if saved.trained_at is not None and default is not None and default != list(saved.trained_at):
+        raise MoaError(
+            f"serve.default_preference: the adapter at {adapter} was trained at one preference, "
+            f"{list(saved.trained_at)}, and is served at that one only"
+        )
     objectives = list(cfg.data.objectives)
     if saved.objective_names is not None and list(saved.objective_names) != objectives:
         raise MoaError(

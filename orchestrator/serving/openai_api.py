@@ -102,8 +102,27 @@ def resolve_preference(
     model_name: str,
     objectives: Sequence[str],
     default: Sequence[float],
+    trained_at: Sequence[float] | None = None,
 ) -> list[float]:
-    """λ of the request, from its body or its model name, else `default`; validated."""
+    """λ of the request, from its body or its model name, else `default`; validated. A model
+    trained at one λ (`trained_at`) answers at that λ only, and by default."""
+    lam = _requested(body, model_name, objectives, trained_at or default)
+    if trained_at is not None and any(
+        abs(a - b) > 1e-6 for a, b in zip(lam, trained_at, strict=True)
+    ):
+        raise ApiError(
+            400,
+            "preference",
+            f"preference: this model was trained at one preference, "
+            f"{preference_map(trained_at, objectives)}, and answers only at it (send it, or no "
+            f"preference); got {preference_map(lam, objectives)}",
+        )
+    return lam
+
+
+def _requested(
+    body: GenerationBody, model_name: str, objectives: Sequence[str], default: Sequence[float]
+) -> list[float]:
     served, _, weights = (body.model or model_name).partition(":")
     if served != model_name:
         raise ApiError(404, "model", f"model {body.model!r} is not served here; use {model_name!r}")

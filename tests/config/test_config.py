@@ -75,6 +75,8 @@ def test_yaml_file_and_dotted_overrides(tmp_path):
             ["train.max_steps=50", "eval.every=100"],
             r"eval.every \(100\) exceeds train.max_steps \(50\)",
         ),
+        (["train.objective=helpful", "eval.every=10"], "a model trained at one λ .* eval.every: 0"),
+        (["train.preference=[0.5, 0.5]", "eval.every=10"], "a model trained at one λ"),
     ],
 )
 def test_bad_config_names_the_field(overrides, message):

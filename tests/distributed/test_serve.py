@@ -40,10 +40,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _adapter(tiny_base_dir, perturb, directory, seed: int):
+def _adapter(tiny_base_dir, perturb, directory, seed: int, trained_at=None):
     """A saved adapter large enough that λ changes the answers."""
     model = inject_svd_lora(
-        load_model(str(tiny_base_dir)), 2, 4, 32, objective_names=("helpful", "harmless"), seed=0
+        load_model(str(tiny_base_dir)),
+        2,
+        4,
+        32,
+        objective_names=("helpful", "harmless"),
+        seed=0,
+        trained_at=trained_at,
     )
     perturb(model, seed=seed, std=0.05, scale=3.0)
     save_adapter(model, directory)
@@ -283,7 +289,7 @@ def test_preferences_and_models_describe_what_is_served(server, adapters):
 def test_a_new_adapter_is_loaded_in_place_while_requests_are_in_flight(
     server, adapters, settings, tiny_base_dir, tokenizer
 ):
-    """Last in this file: it leaves adapter b served."""
+    """It leaves adapter b served."""
     old, new = (adapter_version(a) for a in adapters)
     lambdas = [(i / 15, 1 - i / 15) for i in range(16)]
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(16)]
@@ -333,3 +339,24 @@ def test_moa_serve_detach_reloads_the_running_app_in_place(
     assert f"serving {adapters[0]} as model 'moa' at {server}/v1" in done.stdout
     assert get(f"{server}/v1/preferences")["adapter_version"] == adapter_version(adapters[0])
     assert get(f"{server}/v1/stats")["replica"] == replica
+
+
+def test_a_model_trained_at_one_preference_is_served_at_that_one_only(
+    server, tiny_base_dir, perturb, settings, tokenizer, tmp_path
+):
+    """Last in this file: it leaves the fixed-λ adapter served."""
+    fixed = _adapter(tiny_base_dir, perturb, tmp_path / "fixed", 3, trained_at=(0.7, 0.3))
+    deploy(served_model(str(fixed), settings))
+    info = get(f"{server}/v1/preferences")
+    assert info["trained_at"] == info["default_preference"] == {"helpful": 0.7, "harmless": 0.3}
+    assert info["accepts"]["preference"].startswith("only {'helpful': 0.7, 'harmless': 0.3}")
+    got, answer = post(f"{server}/v1/completions", {"prompt": PROMPTS[0], "preference": [0.2, 0.8]})
+    assert got == 400 and answer["error"]["param"] == "preference"
+    assert (
+        "trained at one preference, {'helpful': 0.7, 'harmless': 0.3}" in answer["error"]["message"]
+    )
+    status, by_default = post(f"{server}/v1/completions", {"prompt": PROMPTS[0], "temperature": 0})
+    assert status == 200 and by_default["preference"] == {"helpful": 0.7, "harmless": 0.3}
+    want = offline(tiny_base_dir, tokenizer, fixed, PROMPTS[:1], [(0.7, 0.3)])
+    assert by_default["choices"][0]["text"] == want[0]
+    assert complete(server, PROMPTS[0], (0.7, 0.3))["choices"][0]["text"] == want[0]

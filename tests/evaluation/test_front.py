@@ -5,10 +5,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from orchestrator.evaluation import front as front_module
 from orchestrator.evaluation.front import Front, evaluate_front, steerability
 from orchestrator.evaluation.report import write_front
+from orchestrator.model.svd_lora import inject_svd_lora
 
 
 class LambdaEchoTask:
@@ -44,6 +46,25 @@ def test_front_averages_each_lambda_over_its_prompts(monkeypatch):
     assert metrics["inner_product"] == pytest.approx(3.78 / 3)
     assert metrics["spearman_a"] == pytest.approx(1.0)
     assert metrics["spearman_b"] == pytest.approx(1.0)
+
+
+def test_a_model_trained_at_one_lambda_answers_every_row_at_it():
+    """Its front is the one trade-off it was trained for, at every λ of the grid."""
+    asked = []
+
+    def answer(prompts, preferences, params):
+        asked.append(preferences.clone())
+        return [f"{lam[0]:.2f} {lam[1]:.2f}" for lam in preferences.tolist()]
+
+    fixed = inject_svd_lora(nn.Sequential(nn.Linear(4, 4)), 2, rank=2, trained_at=[0.25, 0.75])
+    grid = torch.tensor([[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]], dtype=torch.float64)
+    front = evaluate_front(fixed, None, LambdaEchoTask(), ("a", "b"), grid, ["p1"], answer=answer)
+    assert asked[0].tolist() == [[0.25, 0.75]] * 3
+    assert np.allclose(front.points, [[0.26, 1.5]] * 3)
+    assert front.preferences.tolist() == grid.tolist()
+    steerable = inject_svd_lora(nn.Sequential(nn.Linear(4, 4)), 2, rank=2)
+    evaluate_front(steerable, None, LambdaEchoTask(), ("a", "b"), grid, ["p1"], answer=answer)
+    assert asked[1].tolist() == grid.tolist()
 
 
 def test_steerability_is_spearman_and_zero_when_flat():

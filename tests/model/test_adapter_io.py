@@ -98,6 +98,18 @@ def test_saved_config_and_tensors(model, tmp_path):
     assert all(name.rpartition(".")[2].startswith("lora_") for name in tensors)
 
 
+def test_a_fixed_preference_model_records_the_one_lambda_it_was_trained_at(make_llama, tmp_path):
+    fixed = inject_svd_lora(make_llama(0), M, rank=RANK, alpha=ALPHA, trained_at=[0.3, 0.7])
+    out = save_adapter(fixed, tmp_path / "adapter")
+    assert json.loads((out / "adapter_config.json").read_text())["trained_at"] == [0.3, 0.7]
+    assert read_adapter_config(out).trained_at == (0.3, 0.7)
+    assert svd_lora_config(load_adapter(make_llama(0), out)).trained_at == (0.3, 0.7)
+    steerable = inject_svd_lora(make_llama(0), M, rank=RANK, alpha=ALPHA)
+    assert read_adapter_config(save_adapter(steerable, tmp_path / "b")).trained_at is None
+    with pytest.raises(MoaError, match="must sum to 1"):
+        inject_svd_lora(make_llama(0), M, rank=RANK, alpha=ALPHA, trained_at=[0.3, 0.3])
+
+
 def test_saving_does_not_write_base_weights(model, tmp_path):
     out = save_adapter(model, tmp_path / "adapter")
     adapter_bytes = sum(p.numel() * 4 for p in adapter_parameters(model).values())

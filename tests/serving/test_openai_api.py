@@ -40,6 +40,20 @@ def test_a_list_a_map_the_model_name_and_the_default_give_the_same_kind_of_lambd
     assert preference(model="moa") == DEFAULT
 
 
+def test_a_model_trained_at_one_lambda_takes_that_lambda_only_and_by_default():
+    def fixed(**fields):
+        return resolve_preference(body(**fields), "moa", OBJECTIVES, DEFAULT, (0.5, 0.5, 0.0))
+
+    assert fixed() == [0.5, 0.5, 0.0]
+    assert fixed(preference={"helpful": 0.5, "harmless": 0.5}) == pytest.approx([0.5, 0.5, 0.0])
+    for other in ({"preference": [0.2, 0.3, 0.5]}, {"model": "moa:0.4,0.3,0.3"}):
+        err = refusal(fixed, **other)
+        assert (err.status, err.param) == (400, "preference")
+        assert "trained at one preference, {'helpful': 0.5, 'harmless': 0.5, 'concise': 0.0}" in (
+            err.message
+        )
+
+
 def test_normalize_rescales_and_without_it_the_sum_must_be_one():
     assert preference(preference=[2, 1, 1], normalize=True) == pytest.approx([0.5, 0.25, 0.25])
     assert preference(model="moa:1,1,2", normalize=True) == pytest.approx([0.25, 0.25, 0.5])

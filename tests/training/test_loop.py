@@ -9,6 +9,7 @@ import pytest
 
 from orchestrator.config import load_config
 from orchestrator.data.sources import load_training_pairs
+from orchestrator.model.adapter_io import read_adapter_config
 from orchestrator.training.loop import train_rank
 from orchestrator.training.metrics_log import read_metrics
 
@@ -51,3 +52,25 @@ def test_evaluation_during_training_keeps_the_best_adapter(
     assert (run_dir / "best" / "adapter" / "adapter.safetensors").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / "adapter" / "adapter.safetensors").is_file()
+
+
+def test_a_run_at_a_fixed_lambda_records_it_in_its_adapter(tiny_base_dir, tmp_path):
+    """So that `moa eval` and `moa serve` run it at that λ only (a DPS model, an expert, an SPO
+    stage); a λ-conditioned run records none."""
+    common = [
+        f"model.name_or_path={tiny_base_dir}",
+        "data.num_pairs=16",
+        "adapter.rank=2",
+        "train.batch_size=8",
+        "train.max_steps=1",
+        "eval.enabled=false",
+    ]
+    for extra, trained_at in [
+        (["train.preference=[0.3, 0.7]"], (0.3, 0.7)),
+        (["train.objective=harmless"], (0.0, 1.0)),
+        ([], None),
+    ]:
+        run_dir = tmp_path / str(trained_at)
+        cfg = load_config(None, [*common, *extra, f"output_dir={run_dir}"])
+        train_rank(cfg, run_dir, load_training_pairs(cfg.data))
+        assert read_adapter_config(run_dir / "adapter").trained_at == trained_at
