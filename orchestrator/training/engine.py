@@ -28,7 +28,7 @@ def build_optimizer(parameters: list[nn.Parameter], cfg: TrainSection):
     optimizer = torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.max_steps, final_fraction=0.1),
+        lambda step: warmup_cosine(step, cfg.warmup, cfg.max_steps, final_fraction=0.1),
     )
     return optimizer, scheduler
 
@@ -178,6 +178,9 @@ def deepspeed_config(cfg: TrainSection, ds_cfg: DeepSpeedSection, world_size: in
         "gradient_clipping": cfg.max_grad_norm or 0.0,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
+        # An offloaded optimizer stays torch's AdamW, stepping on the CPU master copy: for adapter-
+        # sized states it is as fast as DeepSpeed's CPU Adam, which is a C++ op to build first.
+        "zero_force_ds_cpu_optimizer": False,
         "bf16": {"enabled": ds_cfg.bf16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
