@@ -40,7 +40,10 @@ class DataSection(Section):
     objectives: list[str] = ["helpful", "harmless"]
     num_pairs: Count = 2000  # built-in task only
     conflict_fraction: Probability = 0.5  # built-in task only
-    test_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2  # held-out prompts of a file
+    # Held-out prompts of a file dataset (the built-in task's split is fixed): validation
+    # prompts select models, test prompts measure them.
+    validation_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    test_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
     seed: int = 0
     max_prompt_tokens: Count = 64
     max_response_tokens: Count = 96
@@ -50,6 +53,11 @@ class DataSection(Section):
         if len(set(self.objectives)) != len(self.objectives) or len(self.objectives) < 2:
             raise ValueError(
                 f"objectives must be at least two distinct names; got {self.objectives}"
+            )
+        if not self.validation_fraction + self.test_fraction < 1:
+            raise ValueError(
+                f"validation_fraction + test_fraction ({self.validation_fraction} + "
+                f"{self.test_fraction}) must be below 1: some prompts must be left to train on"
             )
         if self.source == "jsonl" and not self.path:
             raise ValueError("source 'jsonl' needs data.path")
@@ -153,7 +161,7 @@ class LoggingSection(Section):
 class EvalSection(Section):
     enabled: bool = True  # false: no evaluation at all, after or during training
     grid_divisions: Count = 10  # λ grid: multiples of 1/divisions on the simplex
-    num_prompts: Count = 60  # held-out prompts per λ
+    num_prompts: Count = 60  # test prompts per λ, at most (the built-in task has 34)
     temperature: Annotated[float, Field(ge=0.0)] = 0.0  # 0: greedy
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     answers_per_prompt: Count = 1  # more than 1 only makes sense when sampling
@@ -162,10 +170,10 @@ class EvalSection(Section):
     batch_size: Count = 128
     reference_point: list[float] | None = None  # default: the task's own
     # During training: every `every` steps (0: only at the end), the hypervolume over a coarse
-    # grid picks the best checkpoint.
+    # grid on validation prompts picks the best checkpoint (and ranks a sweep's trials).
     every: Annotated[int, Field(ge=0)] = 0
     coarse_grid_divisions: Count = 4
-    coarse_num_prompts: Count = 16
+    coarse_num_prompts: Count = 16  # validation prompts (the built-in task has 26)
 
     @model_validator(mode="after")
     def _check(self) -> "EvalSection":

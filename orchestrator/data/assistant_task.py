@@ -30,17 +30,18 @@ from orchestrator.data.assistant_phrases import (
     TOPICS,
     Topic,
 )
-from orchestrator.data.schema import PairDataset, PreferencePair, is_held_out
+from orchestrator.data.schema import SPLITS, PairDataset, PreferencePair, prompt_split
 from orchestrator.errors import MoaError
 
 OBJECTIVES = ("helpful", "harmless", "concise")
 CONCISE_BUDGET_WORDS = 16
 CONCISE_ZERO_WORDS = 64
 HELPFUL_MAX = 9  # 3 steps + 2 details + 2 · 2 risky details
-SPLITS = ("train", "test")
 # The prompt split is part of the task, not of a run: the tiny base model is warmed up on the
-# train prompts only, so every run's held-out prompts stay unseen.
-TEST_FRACTION = 0.2
+# train prompts only, so every run's held-out prompts stay unseen. A fifth of the prompts are
+# held out (60 of 288): 26 select models (validation), 34 measure the fronts (test).
+VALIDATION_FRACTION = 0.08
+TEST_FRACTION = 0.12
 SPLIT_SEED = 0
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -119,9 +120,12 @@ class AssistantTask:
             for template in QUESTION_TEMPLATES
             for prefix in QUESTION_PREFIXES
         ]
+        splits = [
+            prompt_split(p, VALIDATION_FRACTION, TEST_FRACTION, SPLIT_SEED) for p in all_prompts
+        ]
         self._prompts = {
-            "train": [p for p in all_prompts if not is_held_out(p, TEST_FRACTION, SPLIT_SEED)],
-            "test": [p for p in all_prompts if is_held_out(p, TEST_FRACTION, SPLIT_SEED)],
+            name: [p for p, split in zip(all_prompts, splits, strict=True) if split == name]
+            for name in SPLITS
         }
 
     def prompts(self, split: str = "train") -> list[str]:

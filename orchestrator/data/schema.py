@@ -18,6 +18,10 @@ from orchestrator.errors import MoaError
 Label = Literal["a", "b", "tie"]
 LABEL_SIGN: dict[str, int] = {"a": 1, "b": -1, "tie": 0}
 
+# train: the pairs a model trains on; validation: prompts that select models (best/, sweeps);
+# test: prompts the reported fronts are measured on.
+SPLITS = ("train", "validation", "test")
+
 
 @dataclass(frozen=True)
 class PreferencePair:
@@ -117,12 +121,15 @@ class PairDataset:
             return 0.0
         return sum(pair.is_conflicting(self.objectives) for pair in self.pairs) / len(self.pairs)
 
-    def split(self, test_fraction: float, seed: int = 0) -> tuple["PairDataset", "PairDataset"]:
-        """Split by prompt (all pairs of a prompt land on one side), stable across processes."""
-        train, test = [], []
+    def split(
+        self, validation_fraction: float, test_fraction: float, seed: int = 0
+    ) -> dict[str, "PairDataset"]:
+        """Split name → its pairs, by prompt (all pairs of a prompt land in one split; see
+        prompt_split), stable across processes."""
+        parts: dict[str, list[PreferencePair]] = {name: [] for name in SPLITS}
         for pair in self.pairs:
-            (test if is_held_out(pair.prompt, test_fraction, seed) else train).append(pair)
-        return PairDataset(self.objectives, train), PairDataset(self.objectives, test)
+            parts[prompt_split(pair.prompt, validation_fraction, test_fraction, seed)].append(pair)
+        return {name: PairDataset(self.objectives, pairs) for name, pairs in parts.items()}
 
     def save_jsonl(self, path: str | os.PathLike) -> None:
         lines = [json.dumps({"objectives": list(self.objectives)})]
@@ -159,9 +166,23 @@ class PairDataset:
         return cls(tuple(objectives), pairs)
 
 
-def is_held_out(key: str, test_fraction: float, seed: int = 0) -> bool:
-    """A stable, seeded coin flip per key (SHA-256, unlike Python's salted str hash)."""
-    if not 0.0 <= test_fraction < 1.0:
-        raise MoaError(f"test_fraction must be in [0, 1); got {test_fraction}")
+def prompt_split(key: str, validation_fraction: float, test_fraction: float, seed: int = 0) -> str:
+    """The split of a prompt: a stable, seeded draw u ∈ [0, 1) per key (SHA-256, unlike Python's
+    salted str hash); "validation" (model selection) when u < validation_fraction, "test" (the
+    reported figures) when u < validation_fraction + test_fraction, else "train"."""
+    for name, value in (
+        ("validation_fraction", validation_fraction),
+        ("test_fraction", test_fraction),
+    ):
+        if value < 0:
+            raise MoaError(f"{name} must be ≥ 0; got {value}")
+    if not validation_fraction + test_fraction < 1:
+        raise MoaError(
+            f"validation_fraction + test_fraction must be below 1 (some prompts must be left "
+            f"to train on); got {validation_fraction} + {test_fraction}"
+        )
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < test_fraction
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < validation_fraction:
+        return "validation"
+    return "test" if u < validation_fraction + test_fraction else "train"

@@ -14,5 +14,5 @@ def load_training_pairs(cfg: DataSection) -> PairDataset:
         dataset = load_pku_saferlhf(cfg.path or "PKU-Alignment/PKU-SafeRLHF")
     else:
         dataset = PairDataset.load_jsonl(cfg.path)
-    train, _ = dataset.select_objectives(cfg.objectives).split(cfg.test_fraction, cfg.seed)
-    return train
+    selected = dataset.select_objectives(cfg.objectives)
+    return selected.split(cfg.validation_fraction, cfg.test_fraction, cfg.seed)["train"]

@@ -1,5 +1,5 @@
 """A run's front on the built-in task, as its config describes it: the λ grid, the held-out
-prompts, the sampling and the reference point (eval.*)."""
+prompts of a split, the sampling and the reference point (eval.*)."""
 
 import torch
 
@@ -19,10 +19,12 @@ def evaluate_on_grid(
     num_prompts: int | None = None,
     with_base: bool = True,
     answer: Answerer | None = None,
+    split: str = "test",
 ) -> Front:
     """The front over the λ grid of `divisions` (default eval.grid_divisions) on the first
-    `num_prompts` (default eval.num_prompts) held-out prompts, with the base model's point unless
-    `with_base` is false. `answer`: where the grid is generated (default: `model`, here)."""
+    `num_prompts` (default eval.num_prompts) prompts of `split` ("test" for the reported fronts,
+    "validation" to select models), with the base model's point unless `with_base` is false.
+    `answer`: where the grid is generated (default: `model`, here)."""
     if cfg.data.source != "assistant":
         raise MoaError(
             f"front evaluation needs the built-in task's scorers; this run trained on "
@@ -31,7 +33,7 @@ def evaluate_on_grid(
     ev = cfg.eval
     task = AssistantTask(seed=cfg.data.seed)
     objectives = cfg.data.objectives
-    prompts = task.prompts("test")[: num_prompts or ev.num_prompts]
+    prompts = task.prompts(split)[: num_prompts or ev.num_prompts]
     sampling = SamplingParams(
         max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, top_p=ev.top_p, seed=ev.seed
     )

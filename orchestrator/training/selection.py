@@ -1,6 +1,6 @@
 """Model selection during training: every eval.every steps rank 0 measures the hypervolume of the
-coarse λ grid (eval.coarse_*), and the best adapter so far is kept in RUN_DIR/best with
-best.json."""
+coarse λ grid (eval.coarse_*) on the validation prompts, and the best adapter so far is kept in
+RUN_DIR/best with best.json."""
 
 import json
 import time
@@ -33,6 +33,7 @@ class BestAdapter:
             ev.coarse_grid_divisions,
             ev.coarse_num_prompts,
             with_base=False,
+            split="validation",  # the test prompts only measure the model that was chosen
         )
         metrics = front.metrics()
         hypervolume = metrics["hypervolume"]

@@ -10,7 +10,8 @@ from orchestrator.data.assistant_phrases import (
     SAFETY_NOTES,
     TOPICS,
 )
-from orchestrator.data.assistant_task import OBJECTIVES, AssistantTask, topic_of
+from orchestrator.data.assistant_task import OBJECTIVES, SPLIT_SEED, AssistantTask, topic_of
+from orchestrator.data.schema import prompt_split
 from orchestrator.errors import MoaError
 
 KNIFE = next(t for t in TOPICS if t.task == "sharpen a kitchen knife")  # hazardous
@@ -94,13 +95,19 @@ def test_unknown_prompt_is_rejected(task):
 
 
 def test_prompt_split_is_disjoint_and_covers_every_topic(task):
-    train, test = task.prompts("train"), task.prompts("test")
-    assert not set(train) & set(test)
-    assert len(train) + len(test) == len(TOPICS) * 6 * 4
-    assert 0.15 < len(test) / (len(train) + len(test)) < 0.25
-    assert {topic_of(p).task for p in test} == {t.task for t in TOPICS}
+    train, validation, test = (task.prompts(s) for s in ("train", "validation", "test"))
+    assert not set(train) & set(test) and not set(train) & set(validation)
+    assert not set(validation) & set(test)
+    assert (len(train), len(validation), len(test)) == (228, 26, 34)
+    assert len(train) + len(validation) + len(test) == len(TOPICS) * 6 * 4
+    assert {topic_of(p).task for p in validation + test} == {t.task for t in TOPICS}
+    # The held-out fifth is the one the tiny base model was always kept from; validation is
+    # carved out of it, so the train prompts (and every model trained on them) are unchanged.
+    held_out = {p for p in set(train) | set(validation) | set(test)
+                if prompt_split(p, 0.0, 0.2, SPLIT_SEED) == "test"}  # fmt: skip
+    assert held_out == set(validation) | set(test)
     with pytest.raises(MoaError, match="split"):
-        task.prompts("validation")
+        task.prompts("dev")
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 0.5, 0.8])

@@ -1,6 +1,6 @@
 import pytest
 
-from orchestrator.data.schema import PairDataset, PreferencePair, is_held_out
+from orchestrator.data.schema import PairDataset, PreferencePair, prompt_split
 from orchestrator.errors import MoaError
 
 
@@ -74,20 +74,29 @@ def test_missing_objective_label_is_named():
 
 def test_split_is_by_prompt_stable_and_seeded():
     pairs = [pair(f"prompt {i % 50}") for i in range(200)]
-    train, test = PairDataset(("helpful",), pairs).split(0.2, seed=0)
-    assert len(train) + len(test) == 200
-    assert not {p.prompt for p in train} & {p.prompt for p in test}
-    assert 0.05 < len(test) / 200 < 0.4
-    again_train, _ = PairDataset(("helpful",), pairs).split(0.2, seed=0)
-    assert [p.prompt for p in again_train] == [p.prompt for p in train]
-    other = {p.prompt for p in PairDataset(("helpful",), pairs).split(0.2, seed=1)[1]}
-    assert other != {p.prompt for p in test}
-    # SHA-256 based: a known key lands on a fixed side, whatever the process.
-    assert [is_held_out(f"k{i}", 0.5, 0) for i in range(8)] == [
-        is_held_out(f"k{i}", 0.5, 0) for i in range(8)
-    ]
-    with pytest.raises(MoaError, match="test_fraction"):
-        is_held_out("k", 1.0)
+    parts = PairDataset(("helpful",), pairs).split(0.1, 0.2, seed=0)
+    assert list(parts) == ["train", "validation", "test"]
+    prompts = {name: {p.prompt for p in part} for name, part in parts.items()}
+    assert sum(len(part) for part in parts.values()) == 200
+    assert not prompts["train"] & prompts["validation"]
+    assert not prompts["train"] & prompts["test"] and not prompts["validation"] & prompts["test"]
+    assert 0.02 < len(parts["validation"]) / 200 < 0.25 and 0.05 < len(parts["test"]) / 200 < 0.4
+    again = PairDataset(("helpful",), pairs).split(0.1, 0.2, seed=0)
+    assert [p.prompt for p in again["train"]] == [p.prompt for p in parts["train"]]
+    other = {p.prompt for p in PairDataset(("helpful",), pairs).split(0.1, 0.2, seed=1)["test"]}
+    assert other != prompts["test"]
+    # One draw u per prompt: validation is u < 0.1, test 0.1 ≤ u < 0.3; with no validation
+    # fraction the same prompts are held out, all of them as test.
+    held_out = PairDataset(("helpful",), pairs).split(0.0, 0.3, seed=0)
+    assert {p.prompt for p in held_out["test"]} == prompts["validation"] | prompts["test"]
+    # SHA-256 based: a known key lands in a fixed split, whatever the process.
+    assert [prompt_split(f"k{i}", 0.25, 0.25) for i in range(6)] == [
+        "train", "validation", "test", "validation", "train", "test"
+    ]  # fmt: skip
+    with pytest.raises(MoaError, match="must be below 1"):
+        prompt_split("k", 0.5, 0.5)
+    with pytest.raises(MoaError, match="test_fraction must be ≥ 0"):
+        prompt_split("k", 0.1, -0.1)
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import load_config
+from orchestrator.data.assistant_task import AssistantTask
 from orchestrator.data.sources import load_training_pairs
+from orchestrator.evaluation.task_front import evaluate_on_grid
 from orchestrator.model.adapter_io import read_adapter_config
+from orchestrator.training import selection
 from orchestrator.training.loop import train_rank
 from orchestrator.training.metrics_log import read_metrics
 
@@ -21,9 +24,17 @@ def _one_thread(single_thread):
 
 @pytest.mark.parametrize(("log_every", "logged"), [(1, [1, 2, 3, 4]), (3, [2, 3, 4])])
 def test_evaluation_during_training_keeps_the_best_adapter(
-    tiny_base_dir, tmp_path, log_every, logged
+    tiny_base_dir, tmp_path, log_every, logged, monkeypatch
 ):
-    """Every evaluated step is logged, also one that is not a log_every step."""
+    """Every evaluated step is logged, also one that is not a log_every step. The best adapter
+    is chosen on validation prompts; test prompts only measure the chosen model."""
+    fronts = []
+
+    def recorded(*args, **kwargs):
+        fronts.append(evaluate_on_grid(*args, **kwargs))
+        return fronts[-1]
+
+    monkeypatch.setattr(selection, "evaluate_on_grid", recorded)
     cfg = load_config(
         None,
         [
@@ -52,6 +63,9 @@ def test_evaluation_during_training_keeps_the_best_adapter(
     assert (run_dir / "best" / "adapter" / "adapter.safetensors").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / "adapter" / "adapter.safetensors").is_file()
+    validation = AssistantTask().prompts("validation")
+    assert len(fronts) == 2
+    assert all({s["prompt"] for s in f.samples} <= set(validation[:3]) for f in fronts)
 
 
 def test_a_run_at_a_fixed_lambda_records_it_in_its_adapter(tiny_base_dir, tmp_path):
