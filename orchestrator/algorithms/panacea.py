@@ -51,9 +51,19 @@ def reference_logprobs(
     return torch.stack([ref_a, ref_b], dim=-1)
 
 
-def anchor_preference(cfg: TrainSection, pref: torch.Tensor) -> torch.Tensor | None:
-    """The λ the DPO anchor runs at: none for the base model, the step's for the initial adapter."""
+def anchor_preference(cfg: TrainSection, pref: torch.Tensor | None) -> torch.Tensor | None:
+    """The λ the DPO anchor runs at: none for the base model, the policy's for the initial
+    adapter."""
     return pref if cfg.reference == "initial" else None
+
+
+def row_preferences(
+    batch: dict[str, torch.Tensor], pref: torch.Tensor | None
+) -> torch.Tensor | None:
+    """The λ the model runs at on the batch's 2B rows (responses a, then b): each pair's own
+    ("preferences" [B, m], train.preference_per_pair), else `pref` for every row."""
+    own = batch.get("preferences")
+    return pref if own is None else torch.cat([own, own])
 
 
 def objective_losses(
@@ -63,20 +73,22 @@ def objective_losses(
     cfg: TrainSection,
     normalizer: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-objective losses [m] of one micro-batch with the model at preference λ.
+    """Per-objective losses [m] of one micro-batch with the model at preference λ (or at each
+    pair's own, row_preferences).
 
     `normalizer` [m]: the non-tie pairs per objective of the whole optimizer step, so that the
     micro-batches' losses add up to the step's means (default: this batch's own counts). A batch
     with "margins" [B, m] subtracts them from each objective's DPO logit.
     """
-    with preference(model, pref):
+    steer = row_preferences(batch, pref)
+    with preference(model, steer):
         logp_a, logp_b, len_a, len_b = policy_logprobs(model, batch)
     signs = batch["signs"]
     if cfg.loss == "sft":
         return per_objective_sft_losses(logp_a, logp_b, len_a, len_b, signs, normalizer)
     reference = batch.get("reference_logps")
     if reference is None:
-        reference = reference_logprobs(model, batch, anchor_preference(cfg, pref))
+        reference = reference_logprobs(model, batch, anchor_preference(cfg, steer))
     return per_objective_dpo_losses(
         logp_a,
         logp_b,

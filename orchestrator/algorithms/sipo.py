@@ -118,5 +118,6 @@ def select_improvements(
         choice = pareto_improvement(candidate_rewards[rows], original_rewards[i]) if rows else None
         kept.append(None if choice is None else rows[choice])
         if choice is not None:
-            new_pairs += improvement_pairs(pair, answers[rows[choice]], objectives)
+            row = rows[choice]
+            new_pairs += improvement_pairs(pair, answers[row], objectives, plan[row][1])
     return RoundSelection(PairDataset(tuple(objectives), new_pairs), kept)

@@ -48,11 +48,16 @@ def pareto_improvement(candidates: np.ndarray, originals: np.ndarray) -> int | N
 
 
 def improvement_pairs(
-    pair: PreferencePair, answer: str, objectives: Sequence[str]
+    pair: PreferencePair,
+    answer: str,
+    objectives: Sequence[str],
+    generated_at: Sequence[float] | None = None,
 ) -> list[PreferencePair]:
-    """(ŷ ≻ response a) and (ŷ ≻ response b), preferred by every objective."""
+    """(ŷ ≻ response a) and (ŷ ≻ response b), preferred by every objective; each carries the λ
+    ŷ was generated at, `generated_at`, as its preference."""
     labels = dict.fromkeys(objectives, "a")
+    lam = None if generated_at is None else tuple(generated_at)
     return [
-        PreferencePair(pair.prompt, answer, pair.response_a, labels),
-        PreferencePair(pair.prompt, answer, pair.response_b, labels),
+        PreferencePair(pair.prompt, answer, pair.response_a, labels, preference=lam),
+        PreferencePair(pair.prompt, answer, pair.response_b, labels, preference=lam),
     ]

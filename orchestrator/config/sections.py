@@ -92,11 +92,20 @@ class TrainSection(Section):
     # Train this objective's loss alone instead of aggregating all of them (a DPO expert, an SPO
     # stage, MODPO's main objective); its λ defaults to the objective's vertex e_i.
     objective: str | None = None
+    # Each pair trains at the λ the data gives it (its "preference"; SIPO's new pairs: the λ
+    # their candidate was generated at) instead of a λ per step. Its labels must agree on every
+    # objective, so that the aggregation is the same at any λ.
+    preference_per_pair: bool = False
     seed: int = 0
     log_every: Count = 10
 
     @model_validator(mode="after")
     def _check(self) -> "TrainSection":
+        if self.preference_per_pair and (self.preference is not None or self.objective is not None):
+            raise ValueError(
+                "preference_per_pair trains each pair at its own λ; it excludes preference and "
+                "objective, which fix one"
+            )
         if self.warmup_steps is not None and self.warmup_steps > self.max_steps:
             raise ValueError(
                 f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps}): the "
@@ -224,6 +233,9 @@ class SIPOSection(Section):
     learning_rate: Positive = 5e-4
     epochs: Positive = 2.0  # passes over the round's new pairs
     warmup_steps: Annotated[int, Field(ge=0)] = 0
+    # The λ each new pair trains at: "generated", the λ its candidate was generated at (and is
+    # better at); "sampled", a λ drawn per step as in Panacea.
+    realign_at: Literal["generated", "sampled"] = "sampled"
 
     @model_validator(mode="after")
     def _check(self) -> "SIPOSection":

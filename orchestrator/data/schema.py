@@ -30,6 +30,9 @@ class PreferencePair:
     response_b: str
     labels: Mapping[str, Label]
     scores: Mapping[str, tuple[float, float]] | None = None
+    # The λ this pair trains at, when it has one of its own (train.preference_per_pair): a SIPO
+    # pair's is the λ its candidate was generated at.
+    preference: tuple[float, ...] | None = None
 
     def signs(self, objectives: Sequence[str]) -> list[int]:
         """Per objective: +1 if it prefers response_a, −1 if response_b, 0 for a tie."""
@@ -49,6 +52,8 @@ class PreferencePair:
         }
         if self.scores is not None:
             record["scores"] = {name: list(pair) for name, pair in self.scores.items()}
+        if self.preference is not None:
+            record["preference"] = list(self.preference)
         return record
 
     @classmethod
@@ -75,8 +80,21 @@ class PreferencePair:
                 raise MoaError(
                     f"{where}: field 'scores' must map each objective to [score_a, score_b]"
                 ) from err
+        preference = record.get("preference")
+        if preference is not None:
+            if not isinstance(preference, list) or len(preference) != len(labels):
+                raise MoaError(
+                    f"{where}: field 'preference' must be a list of one weight per objective "
+                    f"({len(labels)}); got {preference!r}"
+                )
+            preference = tuple(float(x) for x in preference)
         return cls(
-            record["prompt"], record["response_a"], record["response_b"], dict(labels), scores
+            record["prompt"],
+            record["response_a"],
+            record["response_b"],
+            dict(labels),
+            scores,
+            preference,
         )
 
 
@@ -115,6 +133,13 @@ class PairDataset:
                 f"objectives {unknown} are not in this dataset; it has {list(self.objectives)}"
             )
         return PairDataset(tuple(objectives), self.pairs)
+
+    def preferences(self) -> list[tuple[float, ...]]:
+        """Each pair's own λ (train.preference_per_pair); every pair must have one."""
+        for number, pair in enumerate(self.pairs, start=1):
+            if pair.preference is None:
+                raise MoaError(f"pair {number} has no preference (λ) of its own")
+        return [pair.preference for pair in self.pairs]
 
     def conflicting_fraction(self) -> float:
         if not self.pairs:

@@ -8,6 +8,7 @@ from orchestrator.data.sources import load_training_pairs
 from orchestrator.errors import MoaError
 from orchestrator.model.adapter_io import read_adapter_config
 from orchestrator.model.loading import context_length, load_tokenizer
+from orchestrator.objectives.preference import validate_preference
 
 
 def check_training_inputs(cfg: RunConfig) -> PairDataset:
@@ -17,6 +18,11 @@ def check_training_inputs(cfg: RunConfig) -> PairDataset:
         pairs = load_training_pairs(cfg.data)
     except MoaError as err:
         raise MoaError(f"data: {err}") from None
+    if cfg.train.preference_per_pair:
+        try:
+            validate_preference(pairs.preferences(), len(cfg.data.objectives))
+        except MoaError as err:
+            raise MoaError(f"data: train.preference_per_pair: {err}") from None
     if len(pairs.pairs) < cfg.global_batch:
         raise MoaError(
             f"data: {len(pairs.pairs)} training pairs, fewer than one global batch of "

@@ -380,6 +380,7 @@ def realign_config(cfg: RunConfig, train_dir: Path, start: Path, num_pairs: int)
         "train.learning_rate": sipo.learning_rate,
         "train.max_steps": steps,
         "train.warmup_steps": min(sipo.warmup_steps, steps - 1),
+        "train.preference_per_pair": sipo.realign_at == "generated",
         "adapter.init_from": str(start),
         "eval.every": 0,
         "output_dir": str(train_dir),

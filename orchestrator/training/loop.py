@@ -78,6 +78,7 @@ def train_rank(
         objective=None if objective is None else data.objectives.index(objective),
         margins=margins,
         reference=reference,
+        preferences=torch.tensor(pairs.preferences()) if cfg.train.preference_per_pair else None,
     )
     if launch.restore is not None:
         launch.restore(trainer)

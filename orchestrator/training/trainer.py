@@ -14,7 +14,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from orchestrator.algorithms.panacea import anchor_preference, objective_losses, reference_logprobs
+from orchestrator.algorithms.panacea import (
+    anchor_preference,
+    objective_losses,
+    reference_logprobs,
+    row_preferences,
+)
 from orchestrator.config.sections import TrainSection
 from orchestrator.data.batching import step_indices, steps_per_epoch
 from orchestrator.data.encoding import EncodedPair, collate_pairs
@@ -63,6 +68,8 @@ class MultiObjectiveTrainer:
     every step (RunConfig.fixed_preference), `objective` (an index) trains that objective's loss
     alone, and `margins` [pairs, m] are subtracted from each objective's DPO logit per pair.
     `reference` [pairs, 2]: the anchor's log-probs, when the caller has them already.
+    `preferences` [pairs, m]: each pair's own λ (train.preference_per_pair), which the adapter
+    runs at on that pair's rows; the step's λ, which aggregates, is their mean over its batch.
     """
 
     def __init__(
@@ -77,6 +84,7 @@ class MultiObjectiveTrainer:
         objective: int | None = None,
         margins: torch.Tensor | None = None,
         reference: torch.Tensor | None = None,
+        preferences: torch.Tensor | None = None,
     ):
         if not pairs:
             raise MoaError("there are no training pairs: the training split is empty")
@@ -90,13 +98,20 @@ class MultiObjectiveTrainer:
         for name, tensor, width in (
             ("margins", margins, self.num_objectives),
             ("reference", reference, 2),
+            ("preferences", preferences, self.num_objectives),
         ):
             if tensor is not None and tensor.shape != (len(pairs), width):
                 raise MoaError(
                     f"{name} must have shape [{len(pairs)}, {width}]; got {list(tensor.shape)}"
                 )
+        if preferences is not None and any(len(set(p.signs)) != 1 for p in pairs):
+            raise MoaError(
+                "a λ per pair needs pairs whose labels agree on every objective (as SIPO's new "
+                "pairs do): only then is the aggregated loss the same at every λ"
+            )
         self.margins = margins
         self.reference = reference
+        self.preferences = preferences
         if cfg.reference == "initial" and reference is None:
             freeze_anchor(model)  # before a checkpoint moves the adapter on
         self.step = 0
@@ -123,13 +138,13 @@ class MultiObjectiveTrainer:
         share = -(-total // ranks)
         mine = [(self.engine.rank * share + i) % total for i in range(share)]
         chunks = [mine[i : i + size] for i in range(0, share, size)]
-        anchor = None
-        if self.fixed_preference is not None:
-            anchor = anchor_preference(self.cfg, self.fixed_preference.to(self.device))
-        parts = [
-            reference_logprobs(self.model, self._collate(chunk), anchor)
-            for chunk in tqdm(chunks, desc="reference log-probs", disable=not progress)
-        ]
+        fixed = self.fixed_preference
+        fixed = None if fixed is None else fixed.to(self.device)
+        parts = []
+        for chunk in tqdm(chunks, desc="reference log-probs", disable=not progress):
+            batch = self._collate(chunk)
+            anchor = anchor_preference(self.cfg, row_preferences(batch, fixed))
+            parts.append(reference_logprobs(self.model, batch, anchor))
         gathered = self.engine.all_gather(torch.cat(parts))
         self.reference = torch.cat(gathered)[:total].cpu()
 
@@ -140,6 +155,8 @@ class MultiObjectiveTrainer:
             batch["reference_logps"] = self.reference[indices]
         if self.margins is not None:
             batch["margins"] = self.margins[indices]
+        if self.preferences is not None:
+            batch["preferences"] = self.preferences[indices]
         return {name: tensor.to(self.device) for name, tensor in batch.items()}
 
     def _training_batch(self, indices, pref: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -147,7 +164,7 @@ class MultiObjectiveTrainer:
         computes them again."""
         batch = self._collate(indices)
         if self.cfg.loss == "dpo" and "reference_logps" not in batch:
-            anchor = anchor_preference(self.cfg, pref)
+            anchor = anchor_preference(self.cfg, row_preferences(batch, pref))
             batch["reference_logps"] = reference_logprobs(self.model, batch, anchor)
         return batch
 
@@ -156,8 +173,8 @@ class MultiObjectiveTrainer:
         was_training = self.model.training
         self.model.eval()
         cfg, engine = self.cfg, self.engine
-        pref = self.preference_at(self.step).to(self.device)
         indices = step_indices(len(self.pairs), self.global_batch, cfg.seed, self.step)
+        pref = self.preference_at(self.step, indices).to(self.device)
         counts = non_tie_counts(torch.tensor([self.pairs[i].signs for i in indices])).to(
             self.device
         )
@@ -208,10 +225,13 @@ class MultiObjectiveTrainer:
             optimizer_seconds=end - compute_done,
         )
 
-    def preference_at(self, step: int) -> torch.Tensor:
-        """λ of step `step`: the fixed one, or a draw that depends only on (seed, step)."""
+    def preference_at(self, step: int, indices: list[int]) -> torch.Tensor:
+        """λ of step `step` on the pairs `indices`: the fixed one, the mean of the pairs' own, or
+        a draw that depends only on (seed, step)."""
         if self.fixed_preference is not None:
             return self.fixed_preference
+        if self.preferences is not None:
+            return self.preferences[indices].mean(dim=0)
         return self.sampler.sample(step)
 
     def aggregate(self, losses: torch.Tensor, pref: torch.Tensor) -> torch.Tensor:
@@ -240,6 +260,10 @@ class MultiObjectiveTrainer:
         base model's, or the initial adapter's at a fixed λ; with λ sampled per step, the
         initial adapter's depend on the step)."""
         cfg = self.cfg
-        fixed = cfg.reference == "base" or self.fixed_preference is not None
+        fixed = (
+            cfg.reference == "base"
+            or self.fixed_preference is not None
+            or self.preferences is not None
+        )
         if cfg.loss == "dpo" and cfg.precompute_reference and fixed and self.reference is None:
             self.precompute_reference(progress)

@@ -54,8 +54,8 @@ def test_candidate_plan_answers_every_pair_at_every_lambda():
 
 def test_selection_keeps_the_pareto_better_candidate_with_the_largest_sum():
     pairs = [pair(0), pair(1), pair(2)]
-    lam = (0.5, 0.5)
-    plan = [(0, lam), (0, lam), (0, lam), (1, lam), (1, lam), (2, lam)]
+    lam, other = (0.5, 0.5), (0.8, 0.2)
+    plan = [(0, lam), (0, lam), (0, other), (1, lam), (1, lam), (2, lam)]
     answers = ["c0", "c1", "c2", "c3", "c4", "c5"]
     # Originals (a, b) per pair: a wins helpful, b wins harmless; the best of both is (2, 2).
     originals = np.array([[[2.0, 1.0], [1.0, 2.0]]] * 3)
@@ -80,6 +80,10 @@ def test_selection_keeps_the_pareto_better_candidate_with_the_largest_sum():
     ]
     assert all(p.signs(OBJECTIVES) == [1, 1] for p in selection.new_pairs)
     assert selection.new_pairs.objectives == OBJECTIVES
+    # Each new pair carries the λ its candidate was generated at, also through pairs.jsonl.
+    assert [p.preference for p in selection.new_pairs] == [other, other, lam, lam]
+    again = [PreferencePair.from_record(p.to_record()) for p in selection.new_pairs]
+    assert again == list(selection.new_pairs)
 
 
 def test_selection_checks_shapes():

@@ -77,6 +77,11 @@ def test_yaml_file_and_dotted_overrides(tmp_path):
         ),
         (["train.objective=helpful", "eval.every=10"], "a model trained at one λ .* eval.every: 0"),
         (["train.preference=[0.5, 0.5]", "eval.every=10"], "a model trained at one λ"),
+        (
+            ["train.preference_per_pair=true", "train.objective=helpful"],
+            "preference_per_pair .* excludes preference and objective",
+        ),
+        (["sipo.realign_at=everywhere"], "field 'sipo.realign_at'"),
     ],
 )
 def test_bad_config_names_the_field(overrides, message):

@@ -113,6 +113,10 @@ def refused(capsys, args: list[str]) -> str:
         ),
         (["eval.max_new_tokens=200"], ["data.max_prompt_tokens + eval.max_new_tokens (64 + 200)"]),
         (["scaling.deepspeed.offload_optimizer=true"], ["scaling.strategy is ddp"]),
+        (
+            ["train.preference_per_pair=true"],
+            ["data: train.preference_per_pair: pair 1 has no preference"],
+        ),
     ],
 )
 def test_bad_config_is_refused_before_any_worker(capsys, config_file, run_dir, overrides, names):

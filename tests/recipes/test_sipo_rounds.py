@@ -65,3 +65,12 @@ def test_realignment_config_is_dpo_plus_nll_anchored_on_the_start(steps, tmp_pat
     assert (cfg.train.beta, cfg.train.nll_weight, cfg.train.learning_rate) == (0.1, 0.1, 5e-4)
     assert cfg.train.max_steps == 4  # ⌈1.5 × 20 / (4 × 2)⌉
     assert cfg.eval.every == 0 and cfg.output_dir == str(tmp_path / "train")
+
+
+@pytest.mark.parametrize(("realign_at", "per_pair"), [("generated", True), ("sampled", False)])
+def test_realignment_trains_each_pair_at_its_candidates_lambda_or_samples_one(
+    steps, tmp_path, realign_at, per_pair
+):
+    step = steps(f"sipo.realign_at={realign_at}")
+    cfg = realign_config(step.cfg, tmp_path / "train", tmp_path / "start", num_pairs=20)
+    assert cfg.train.preference_per_pair is per_pair

@@ -4,17 +4,24 @@ from dataclasses import replace
 import pytest
 import torch
 
-from orchestrator.algorithms.panacea import panacea_loss, policy_logprobs, reference_logprobs
+from orchestrator.algorithms.panacea import (
+    objective_losses,
+    panacea_loss,
+    policy_logprobs,
+    reference_logprobs,
+)
 from orchestrator.config.sections import TrainSection
 from orchestrator.data.encoding import collate_pairs
 from orchestrator.errors import MoaError
 from orchestrator.model.loading import load_model
 from orchestrator.model.svd_lora import (
     adapter_parameters,
+    freeze_anchor,
     inject_svd_lora,
     preference,
     svd_lora_layers,
 )
+from orchestrator.objectives import non_tie_counts
 from orchestrator.training.trainer import MultiObjectiveTrainer
 
 OBJECTIVES = ("helpful", "harmless")
@@ -334,3 +341,67 @@ def test_an_initial_anchor_at_a_fixed_preference_is_precomputed(
     assert trainer.reference is not None
     assert torch.allclose(trainer.reference, expected, atol=1e-5)
     assert not torch.allclose(trainer.reference, reference_logprobs(model, batch), atol=1e-3)
+
+
+def agreeing(encoded):
+    """The pairs with labels that agree on both objectives (as SIPO's new pairs' do)."""
+    return [replace(p, signs=[1, 1]) for p in encoded]
+
+
+@pytest.mark.parametrize("reference", ["base", "initial"])
+def test_a_lambda_per_pair_shared_by_every_pair_is_that_fixed_lambda(
+    tiny_base_dir, tokenizer, encoded, reference
+):
+    pairs, lam = agreeing(encoded[:32]), [0.3, 0.7]
+    cfg = train_config(reference=reference)
+    results = []
+    for kwargs in ({"preference": lam}, {"preferences": torch.tensor([lam] * len(pairs))}):
+        model = steerable(tiny_base_dir, seed=1)
+        with torch.no_grad():
+            for p in adapter_parameters(model).values():
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+        trainer = MultiObjectiveTrainer(model, pairs, tokenizer.pad_token_id, cfg, **kwargs)
+        history = trainer.train(progress=False)
+        results.append(([r.loss for r in history], adapter_parameters(model)))
+    (fixed_losses, fixed), (own_losses, own) = results
+    assert own_losses == pytest.approx(fixed_losses, abs=1e-6)
+    for name, tensor in fixed.items():
+        torch.testing.assert_close(own[name], tensor, rtol=0, atol=1e-6)
+
+
+def test_each_pair_runs_at_its_own_lambda(tiny_base_dir, tokenizer, encoded):
+    """A batch of pairs at two λ: its losses are the sums of each half's at its λ (the
+    normaliser is the whole batch's), for the policy and the initial-adapter anchor."""
+    model = steerable(tiny_base_dir)
+    with torch.no_grad():
+        for p in adapter_parameters(model).values():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    freeze_anchor(model)
+    with torch.no_grad():
+        for p in adapter_parameters(model).values():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    cfg, pad = train_config(reference="initial"), tokenizer.pad_token_id
+    pairs = agreeing(encoded[:8])
+    first, second = torch.tensor([0.2, 0.8]), torch.tensor([0.9, 0.1])
+    whole = collate_pairs(pairs, pad)
+    whole["preferences"] = torch.stack([first] * 4 + [second] * 4)
+    counts = non_tie_counts(whole["signs"])
+    with torch.no_grad():
+        mixed = objective_losses(model, whole, (first + second) / 2, cfg, counts)
+        halves = objective_losses(model, collate_pairs(pairs[:4], pad), first, cfg, counts)
+        halves += objective_losses(model, collate_pairs(pairs[4:], pad), second, cfg, counts)
+        at_mean = objective_losses(model, collate_pairs(pairs, pad), (first + second) / 2, cfg)
+    torch.testing.assert_close(mixed, halves, rtol=0, atol=1e-5)
+    assert (mixed - at_mean).abs().max() > 1e-3  # not the same as every pair at the mean λ
+
+
+def test_a_lambda_per_pair_needs_labels_that_agree(tiny_base_dir, tokenizer, encoded):
+    mixed = [p for p in encoded if len(set(p.signs)) > 1][:8]
+    with pytest.raises(MoaError, match="labels agree on every objective"):
+        MultiObjectiveTrainer(
+            steerable(tiny_base_dir),
+            mixed,
+            tokenizer.pad_token_id,
+            train_config(),
+            preferences=torch.tensor([[0.5, 0.5]] * 8),
+        )
