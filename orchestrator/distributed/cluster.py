@@ -10,15 +10,17 @@ from orchestrator.config import RunConfig, with_fields
 from orchestrator.model.loading import resolve_model_path
 
 
-def ensure_ray(log_to_driver: bool = True) -> None:
-    """Connect unless connected. A local instance gets the dashboard, on 127.0.0.1: Ray Train
-    removes the worker group of a run whose controller was killed (a trial ASHA stops) only after
-    asking the dashboard's State API that the controller is dead."""
+def ensure_ray() -> None:
+    """Connect unless connected. Workers' and actors' output stays out of this console (a run's
+    training workers write theirs to RUN_DIR/logs; the rest is in Ray's session logs). A local
+    instance gets the dashboard, on 127.0.0.1: Ray Train removes the worker group of a run whose
+    controller was killed (a trial ASHA stops) only after asking the dashboard's State API that
+    the controller is dead."""
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         address = os.environ.get("RAY_ADDRESS")
         local = {} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
-        ray.init(address=address, log_to_driver=log_to_driver, **local)
+        ray.init(address=address, log_to_driver=False, **local)
 
 
 def started_here() -> bool:

@@ -6,7 +6,9 @@ group that fails is restarted from the latest one (`checkpoint.max_failures`), a
 started again on the same folder continues from it. RUN_DIR must be visible from every node.
 """
 
+import contextlib
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,9 +25,11 @@ from orchestrator.distributed.cluster import ensure_ray, for_workers
 from orchestrator.errors import MoaError
 from orchestrator.training.checkpoint import load_checkpoint, save_checkpoint
 from orchestrator.training.loop import Launch, train_rank
+from orchestrator.training.progress import RunProgress
 from orchestrator.training.trainer import MultiObjectiveTrainer
 
 CHECKPOINTS = "checkpoints"
+LOGS = "logs"  # RUN_DIR/logs/rank_N.log: what each worker printed
 FAULT_ENV = "MOA_FAULT_AT_STEP"  # "STEP[:RANK]": that rank fails once before STEP (tests)
 
 
@@ -53,7 +57,6 @@ def train(
             "pairs": pairs,
             "margins": margins,
             "reference": reference,
-            "progress": progress,
             "fault": os.environ.get(FAULT_ENV),
         },
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
@@ -71,23 +74,31 @@ def train(
         ),
     )
     start = time.perf_counter()
+    shown = RunProgress(run_dir, cfg.train.max_steps) if progress else contextlib.nullcontext()
     try:
-        trainer.fit()
+        with shown:
+            trainer.fit()
     except ray.train.TrainingFailedError as err:
         raise MoaError(
-            f"training failed: {err}\nthe run folder keeps its checkpoints; continue with "
-            f"`moa train --resume {run_dir}`"
+            f"training failed: {err}\nthe workers' output is in {run_dir / LOGS}; the run "
+            f"folder keeps its checkpoints: continue with `moa train --resume {run_dir}`"
         ) from None
     return time.perf_counter() - start
 
 
 def train_worker(config: dict) -> None:
-    """One Ray Train worker: a rank of the run, continuing from Ray's latest checkpoint."""
+    """One Ray Train worker: a rank of the run, continuing from Ray's latest checkpoint; what it
+    prints goes to RUN_DIR/logs/rank_N.log."""
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
     context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
+    rank = context.get_world_rank()
+    with output_to(Path(config["run_dir"]) / LOGS / f"rank_{rank}.log"):
+        _train_rank(config, rank, context.get_world_size())
+
+
+def _train_rank(config: dict, rank: int, world_size: int) -> None:
     run_dir = Path(config["run_dir"])
     cfg: RunConfig = config["config"]
     device = ray.train.torch.get_device() if cfg.scaling.use_gpu else "cpu"
@@ -97,7 +108,6 @@ def train_worker(config: dict) -> None:
         device=str(device),
         restore=_restore,
         on_checkpoint=_report_checkpoint,
-        progress_bar=_progress_bar if config["progress"] else None,
         before_step=lambda step: _maybe_fail(fault, step, rank, world_size, run_dir),
     )
     pairs, margins, reference = config["pairs"], config["margins"], config["reference"]
@@ -126,12 +136,24 @@ def _report_checkpoint(trainer: MultiObjectiveTrainer, metrics: dict) -> None:
         )
 
 
-def _progress_bar(total: int, initial: int):
-    from ray.experimental.tqdm_ray import tqdm
-
-    bar = tqdm(total=total, desc="train")
-    bar.update(initial)
-    return bar
+@contextlib.contextmanager
+def output_to(path: Path):
+    """This process's stdout and stderr (Python's and the C libraries') appended to `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with path.open("a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, original in zip((1, 2), saved, strict=True):
+                os.dup2(original, fd)
+                os.close(original)
 
 
 def _maybe_fail(fault: str | None, step: int, rank: int, world_size: int, run_dir: Path) -> None:

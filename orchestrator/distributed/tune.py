@@ -35,10 +35,31 @@ def run_tuner(trial: Callable, cfg: RunConfig, out: Path, **trial_args):
             trainable,
             param_space=tune_space(cfg),
             tune_config=tune_config(cfg),
-            run_config=tune.RunConfig(name=TUNER, storage_path=str(out)),
+            run_config=tune.RunConfig(
+                name=TUNER, storage_path=str(out), verbose=0, callbacks=[TrialLines()]
+            ),
         )
     tuner.fit()
     return tune.Tuner.restore(str(state), trainable).get_results()
+
+
+class TrialLines(tune.Callback):
+    """One console line per trial that ends, in place of Tune's periodic status tables."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        print(trial_line(trial.trial_id, "ended", trial.last_result), flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        print(trial_line(trial.trial_id, "failed", trial.last_result), flush=True)
+
+
+def trial_line(trial_id: str, what: str, result: dict) -> str:
+    line = f"trial {trial_id} {what}"
+    if "step" in result:
+        line += f" at step {result['step']}"
+    if "hypervolume" in result:
+        line += f": hypervolume {result['hypervolume']:.4f} (coarse grid, validation prompts)"
+    return line
 
 
 def tune_space(cfg: RunConfig) -> dict:

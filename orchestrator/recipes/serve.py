@@ -64,7 +64,7 @@ def start_serving(
 ) -> tuple[ServedModel, str]:
     """(what is served, its base URL) once the app serves `source` on the connected cluster."""
     served = served_model(source, overrides)
-    ensure_ray(log_to_driver=False)
+    ensure_ray()
     if detach and started_here():
         raise MoaError(
             "--detach needs a Ray cluster that outlives this command (RAY_ADDRESS, or a head "

@@ -11,7 +11,6 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,8 +36,6 @@ class Launch:
     restore: Callable[[MultiObjectiveTrainer], None] | None = None
     # Called at every checkpoint step (checkpoint.every, and the last) with the step's metrics.
     on_checkpoint: Callable[[MultiObjectiveTrainer, dict], None] | None = None
-    # (total steps, steps done) → a bar with update() and close(), shown on rank 0; None: quiet.
-    progress_bar: Callable[[int, int], Any] | None = None
     before_step: Callable[[int], None] | None = None  # called with the steps done so far
 
 
@@ -82,15 +79,13 @@ def train_rank(
     )
     if launch.restore is not None:
         launch.restore(trainer)
-    shown = rank0 and launch.progress_bar is not None
-    trainer.prepare(progress=shown)
+    trainer.prepare()
     selection = None
     if rank0 and cfg.eval.enabled and cfg.eval.every > 0:
         selection = BestAdapter(cfg, model, tokenizer, run_dir)
     logger = None
     if rank0:
         logger = MetricsLogger(run_dir, cfg.logging, cfg.model_dump(), resume_step=trainer.step)
-    bar = launch.progress_bar(cfg.train.max_steps, trainer.step) if shown else None
     while trainer.step < cfg.train.max_steps:
         if launch.before_step is not None:
             launch.before_step(trainer.step)
@@ -102,8 +97,6 @@ def train_rank(
             metrics.update(selection.evaluate(step))
         if logger is not None and (evaluated or step % cfg.train.log_every == 0 or last):
             logger.log(metrics)
-        if bar is not None:
-            bar.update(1)
         if launch.on_checkpoint is not None and (step % cfg.checkpoint.every == 0 or last):
             launch.on_checkpoint(trainer, metrics)
     with engine.full_parameters():
@@ -111,5 +104,3 @@ def train_rank(
             save_adapter(model, run_dir / "adapter")
     if logger is not None:
         logger.close()
-    if bar is not None:
-        bar.close()

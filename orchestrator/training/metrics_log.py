@@ -5,6 +5,7 @@ A resumed run first drops what was logged after its checkpoint, so every step ap
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 from orchestrator.config.sections import LoggingSection
@@ -20,10 +21,10 @@ class MetricsLogger:
         cfg: LoggingSection,
         params: dict,
         resume_step: int = 0,
-        console=print,
+        console=None,
     ):
         self.path = run_dir / METRICS_FILE
-        self.console = console
+        self.console = console or write_line
         truncate_after(self.path, resume_step)
         self.tensorboard = None
         if cfg.tensorboard:
@@ -61,6 +62,13 @@ class MetricsLogger:
             self.tensorboard.close()
         if self.mlflow is not None:
             self.mlflow.end_run()
+
+
+def write_line(line: str) -> None:
+    """A line on stdout. Not print: Ray Train's workers patch print to copy every line into
+    Ray's logger as well, which would write it twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def console_line(metrics: dict) -> str:

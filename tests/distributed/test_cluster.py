@@ -22,7 +22,7 @@ def test_a_local_instance_gets_the_dashboard_on_loopback(inits, monkeypatch):
     assert inits == [
         {
             "address": None,
-            "log_to_driver": True,
+            "log_to_driver": False,
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
         }
@@ -32,7 +32,7 @@ def test_a_local_instance_gets_the_dashboard_on_loopback(inits, monkeypatch):
 def test_a_cluster_is_joined_as_it_is(inits, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
     ensure_ray()
-    assert inits == [{"address": "http://127.0.0.1:8265", "log_to_driver": True}]
+    assert inits == [{"address": "http://127.0.0.1:8265", "log_to_driver": False}]
 
 
 def test_a_connected_driver_is_left_alone(monkeypatch):

@@ -84,6 +84,10 @@ def test_two_workers_train_the_adapter_one_worker_trains_on_the_same_global_batc
     )
     assert max_difference(adapter(two_workers.run_dir), adapter(one_dir)) < 1e-5
     assert [m["step"] for m in two_workers.history] == [1, 2, 3, 4, 5, 6]
+    # What each worker printed is in the run folder, not on the driver's console.
+    logs = two_workers.run_dir / "logs"
+    assert sorted(p.name for p in logs.iterdir()) == ["rank_0.log", "rank_1.log"]
+    assert "step 6 loss" in (logs / "rank_0.log").read_text()
     for a, b in zip(two_workers.history, one_history, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["tokens"] == b["tokens"]  # tokens are summed over the ranks
@@ -112,6 +116,10 @@ def test_a_worker_that_fails_is_restarted_from_the_last_checkpoint_with_the_same
     )  # fmt: skip
     result = run_panacea(cfg, progress=False)
     assert (result.run_dir / ".fault-injected-4").exists()  # the fault did happen
+    assert (
+        "injected fault on rank 1 before step 4"
+        in (result.run_dir / "logs" / "rank_1.log").read_text()
+    )
     assert max_difference(adapter(two_workers.run_dir), adapter(result.run_dir)) <= 1e-6
     assert [m["step"] for m in result.history] == [1, 2, 3, 4, 5, 6]  # step 3 logged once
     assert [m["loss"] for m in result.history] == [m["loss"] for m in two_workers.history]

@@ -6,6 +6,7 @@ gives its workers back."""
 import dataclasses
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -161,7 +162,7 @@ class StopTheSecondTrialAtStep2(FIFOScheduler):
         return self.CONTINUE
 
 
-def test_a_trial_tune_stops_gives_its_workers_back(tiny_config, tmp_path, monkeypatch):
+def test_a_trial_tune_stops_gives_its_workers_back(tiny_config, tmp_path, monkeypatch, capsys):
     cfg = tiny_config(tmp_path / "stopped", *SWEEP, "tune.num_samples=1")
 
     def stopping(cfg):
@@ -176,6 +177,11 @@ def test_a_trial_tune_stops_gives_its_workers_back(tiny_config, tmp_path, monkey
         ("stopped early", 2),
     ]
     assert not (result.out_dir / result.trials[1]["run_dir"] / "train.json").exists()
+    # One console line per trial that ends, instead of Tune's status tables.
+    printed = capsys.readouterr().out
+    assert re.search(r"trial \w+_00000 ended at step 4: hypervolume \d\.\d{4} \(coarse", printed)
+    assert re.search(r"trial \w+_00001 ended at step 2: hypervolume", printed)
+    assert "Trial status" not in printed
     # Tune killed the second trial mid-run; Ray Train frees its worker group once it sees that.
     assert cpus_free_within(60) == pytest.approx(total), live_actors()
 
