@@ -11,6 +11,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import ray
@@ -138,7 +139,8 @@ def _report_checkpoint(trainer: MultiObjectiveTrainer, metrics: dict) -> None:
 
 @contextlib.contextmanager
 def output_to(path: Path):
-    """This process's stdout and stderr (Python's and the C libraries') appended to `path`."""
+    """This process's stdout and stderr (Python's and the C libraries') appended to `path`, and
+    the traceback of an error that ends it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -148,6 +150,9 @@ def output_to(path: Path):
         os.dup2(log.fileno(), 2)
         try:
             yield
+        except BaseException:
+            traceback.print_exc()
+            raise
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

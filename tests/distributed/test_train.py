@@ -87,7 +87,7 @@ def test_two_workers_train_the_adapter_one_worker_trains_on_the_same_global_batc
     # What each worker printed is in the run folder, not on the driver's console.
     logs = two_workers.run_dir / "logs"
     assert sorted(p.name for p in logs.iterdir()) == ["rank_0.log", "rank_1.log"]
-    assert "step 6 loss" in (logs / "rank_0.log").read_text()
+    assert "step 6 | loss" in (logs / "rank_0.log").read_text()
     for a, b in zip(two_workers.history, one_history, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["tokens"] == b["tokens"]  # tokens are summed over the ranks
