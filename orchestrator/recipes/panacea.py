@@ -5,6 +5,7 @@ Everything a run writes lands in its run folder:
   metrics.jsonl    one line per logged training step
   tensorboard/     the same metrics as TensorBoard events
   checkpoints/     Ray Train's checkpoints (the last checkpoint.keep), for resuming
+  logs/            what each Ray Train worker printed (rank_N.log)
   best/            the adapter with the highest in-training hypervolume, and best.json
   adapter/         the trained SVD-LoRA adapter (load_adapter)
   train.json       the training's wall time, written once the model is done

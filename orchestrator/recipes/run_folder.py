@@ -46,8 +46,8 @@ class RunKind:
     finished: str = TRAINED  # written last: a folder without it holds a stopped run
 
 
-# A trained model's folder (metrics.jsonl, tensorboard/, checkpoints/, best/, adapter/, eval/,
-# train.json); every recipe that trains writes these too.
+# A trained model's folder (metrics.jsonl, tensorboard/, checkpoints/, logs/, best/, adapter/,
+# eval/, train.json); every recipe that trains writes these too.
 TRAINING_RUN = RunKind(
     "run",
     TRAINING,
@@ -56,6 +56,7 @@ TRAINING_RUN = RunKind(
         "metrics.jsonl",
         "tensorboard",
         "checkpoints",
+        "logs",
         "best",
         "adapter",
         "eval",

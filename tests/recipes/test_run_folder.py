@@ -67,10 +67,11 @@ def test_a_stopped_run_is_told_how_to_resume_and_what_overwrite_deletes(cfg):
     for step in (4, 8):
         (run_dir / "checkpoints" / f"checkpoint_{step:06d}").mkdir(parents=True)
     (run_dir / "metrics.jsonl").write_text("")
+    (run_dir / "logs").mkdir()
     expected = (
         rf"output_dir {run_dir} holds a stopped run \(last checkpoint at step 8\); continue it "
         rf"with `moa train --resume {run_dir}`, or pass --overwrite to start again, which "
-        r"deletes checkpoints, metrics.jsonl$"
+        r"deletes checkpoints, logs, metrics.jsonl$"
     )
     with pytest.raises(MoaError, match=expected):
         start_run(cfg, TRAINING_RUN)
