@@ -11,9 +11,10 @@ from orchestrator.model.loading import context_length, load_tokenizer
 from orchestrator.objectives.preference import validate_preference
 
 
-def check_training_inputs(cfg: RunConfig) -> PairDataset:
+def check_training_inputs(cfg: RunConfig, generated: dict[str, int] | None = None) -> PairDataset:
     """The training pairs, once every input has been checked (this also builds the built-in base
-    model once, on the driver)."""
+    model once, on the driver). `generated`: the recipe's own answer lengths (field → tokens),
+    which must fit in the model's context with a prompt, as training's and evaluation's must."""
     try:
         pairs = load_training_pairs(cfg.data)
     except MoaError as err:
@@ -32,10 +33,10 @@ def check_training_inputs(cfg: RunConfig) -> PairDataset:
         load_tokenizer(cfg.model.name_or_path)
     except MoaError as err:
         raise MoaError(f"model.name_or_path: {err}") from None
-    answers = {"data.max_response_tokens": cfg.data.max_response_tokens}
+    answers = {"data.max_response_tokens": cfg.data.max_response_tokens, **(generated or {})}
     if cfg.eval.enabled:
         answers["eval.max_new_tokens"] = cfg.eval.max_new_tokens
-    check_context(cfg, answers)
+    _check_context(cfg, answers)
     if cfg.adapter.init_from is not None:
         check_initial_adapter(cfg)
     return pairs
@@ -60,7 +61,7 @@ def check_initial_adapter(cfg: RunConfig) -> None:
             )
 
 
-def check_context(cfg: RunConfig, answers: dict[str, int]) -> None:
+def _check_context(cfg: RunConfig, answers: dict[str, int]) -> None:
     """A prompt of data.max_prompt_tokens and each answer length of `answers` (field → tokens)
     must fit in the model's context."""
     context = context_length(cfg.model.name_or_path)

@@ -187,14 +187,18 @@ def _progress(run_dir: Path) -> str:
 
 
 def _present_outputs(run_dir: Path, kind: RunKind) -> list[str]:
-    names = {path.name for pattern in kind.outputs for path in run_dir.glob(pattern)}
+    names = {path.name for path in _outputs(run_dir, kind)}
     return sorted(names - {CONFIG}) or [CONFIG]
 
 
 def _clear(run_dir: Path, kind: RunKind) -> None:
-    for pattern in kind.outputs:
-        for path in run_dir.glob(pattern):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for path in _outputs(run_dir, kind):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _outputs(run_dir: Path, kind: RunKind) -> list[Path]:
+    """What of the kind's outputs the folder holds."""
+    return [path for pattern in kind.outputs for path in run_dir.glob(pattern)]
 
 
 def _write_config(run_dir: Path, cfg: RunConfig) -> None:

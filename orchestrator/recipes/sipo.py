@@ -53,7 +53,7 @@ from orchestrator.model.adapter_io import ADAPTER_CONFIG, load_adapter
 from orchestrator.model.generate import SamplingParams
 from orchestrator.model.loading import load_model, load_tokenizer, resolve_model_path
 from orchestrator.recipes.evaluate import front_on_pool
-from orchestrator.recipes.inputs import check_context, check_training_inputs
+from orchestrator.recipes.inputs import check_training_inputs
 from orchestrator.recipes.panacea import ensure_panacea
 from orchestrator.recipes.run_folder import (
     CONTINUED_RUN,
@@ -109,8 +109,7 @@ def ensure_sipo(cfg: RunConfig, *, progress: bool = True) -> SIPOResult:
 
 
 def _check_inputs(cfg: RunConfig) -> PairDataset:
-    dataset = check_training_inputs(cfg)
-    check_context(cfg, {"sipo.max_new_tokens": cfg.sipo.max_new_tokens})
+    dataset = check_training_inputs(cfg, {"sipo.max_new_tokens": cfg.sipo.max_new_tokens})
     if cfg.sipo.init_from is not None:
         adapter = Path(cfg.sipo.init_from) / "adapter"
         if not (adapter / ADAPTER_CONFIG).is_file():

@@ -2,19 +2,21 @@
 steps with the loss and tokens/s, and a line per evaluation, read from RUN_DIR/metrics.jsonl as
 rank 0 writes it. The workers' own output goes to RUN_DIR/logs."""
 
+import json
 import threading
 from pathlib import Path
 
 from tqdm import tqdm
 
-from orchestrator.training.metrics_log import read_metrics
+from orchestrator.training.metrics_log import METRICS_FILE
 
 
 class RunProgress:
     """A context manager: follows the run in `run_dir` until it exits."""
 
     def __init__(self, run_dir: Path, total_steps: int, interval_s: float = 1.0):
-        self.run_dir, self.total, self.interval = run_dir, total_steps, interval_s
+        self.path, self.total, self.interval = run_dir / METRICS_FILE, total_steps, interval_s
+        self._read = 0  # bytes of the file already shown
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, daemon=True)
         self.step = 0  # the last step shown
@@ -22,7 +24,7 @@ class RunProgress:
 
     def __enter__(self) -> "RunProgress":
         # A resumed run starts at its last logged step; what it logs again is not shown twice.
-        logged = read_metrics(self.run_dir)
+        logged = self._new_records()
         self.step = max((m["step"] for m in logged), default=0)
         self.best = max((m["hypervolume"] for m in logged if "hypervolume" in m), default=self.best)
         self.bar = tqdm(total=self.total, initial=self.step, desc="train", unit="step")
@@ -41,7 +43,7 @@ class RunProgress:
 
     def show_new(self) -> None:
         """Advance the bar to the newest logged step; a line for each new evaluation."""
-        for metrics in read_metrics(self.run_dir):
+        for metrics in self._new_records():
             if metrics["step"] <= self.step:
                 continue
             self.bar.update(metrics["step"] - self.step)
@@ -52,6 +54,27 @@ class RunProgress:
             if "hypervolume" in metrics:
                 self.bar.write(evaluation_line(metrics, metrics["hypervolume"] > self.best))
                 self.best = max(self.best, metrics["hypervolume"])
+
+    def _new_records(self) -> list[dict]:
+        """The whole lines written since the last call. A resumed run's worker first cuts the
+        file back to its checkpoint: then it is read again from the start (what was shown is
+        skipped by its step)."""
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as handle:
+            if handle.seek(0, 2) < self._read:
+                self._read = 0
+            handle.seek(self._read)
+            data = handle.read()
+        whole = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next call
+        self._read += len(whole)
+        records = []
+        for line in whole.splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # read from inside a line of a file cut back meanwhile
+                continue
+        return records
 
 
 def evaluation_line(metrics: dict, best: bool) -> str:

@@ -34,3 +34,23 @@ def test_a_run_that_has_logged_nothing_yet_starts_at_zero(tmp_path):
         assert progress.bar.n == 0
         log(tmp_path, {"step": 5})
     assert progress.bar.n == 5
+
+
+def test_a_file_cut_back_to_its_checkpoint_is_read_again(tmp_path):
+    log(tmp_path, {"step": 10}, {"step": 20}, {"step": 30})
+    with RunProgress(tmp_path, total_steps=60, interval_s=3600) as progress:
+        assert progress.bar.n == 30
+        # The resumed worker keeps the lines up to its checkpoint (step 20), then logs on.
+        (tmp_path / "metrics.jsonl").write_text("")
+        log(tmp_path, {"step": 10}, {"step": 20})
+        progress.show_new()
+        assert progress.bar.n == 30
+        log(tmp_path, {"step": 30}, {"step": 40})
+        with (tmp_path / "metrics.jsonl").open("a") as handle:
+            handle.write('{"step": 50, "lo')  # still being written
+        progress.show_new()
+        assert progress.bar.n == 40
+        with (tmp_path / "metrics.jsonl").open("a") as handle:
+            handle.write('ss": 0.5, "tokens_per_s": 100.0}\n')
+        progress.show_new()
+        assert progress.bar.n == 50
