@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_run_command(
         commands,
+        "reward",
+        "train per-objective reward models (Bradley–Terry on the pairs' labels) on Ray Train "
+        "and measure their pairwise accuracy on the test pairs",
+    )
+    _add_run_command(
+        commands,
         "sipo",
         "SIPO self-improvement rounds on a Panacea model (trained first unless "
         "sipo.init_from names a finished run)",
@@ -163,6 +169,20 @@ def _train(args) -> None:
     _print_front(result.front, result.run_dir / "eval")
 
 
+def _reward(args) -> None:
+    from orchestrator.recipes.reward import resume_reward, run_reward
+
+    cfg = _run_config(args)
+    result = (
+        resume_reward(args.resume) if cfg is None else run_reward(cfg, overwrite=args.overwrite)
+    )
+    measured = ", ".join(
+        f"{name} {a['accuracy']:.3f} ({a['pairs']} pairs)" for name, a in result.accuracy.items()
+    )
+    print(f"trained in {result.train_seconds:.0f} s; test pairwise accuracy: {measured}")
+    print(f"run folder {result.run_dir} (reward_model/, report.md)")
+
+
 def _sipo(args) -> None:
     from orchestrator.evaluation.sipo_report import round_line
     from orchestrator.recipes.sipo import resume_sipo, run_sipo
@@ -232,6 +252,7 @@ def _evaluate(args) -> None:
 COMMANDS = {
     "demo": _demo,
     "train": _train,
+    "reward": _reward,
     "sipo": _sipo,
     "spo": _spo,
     "compare": _compare,

@@ -347,6 +347,9 @@ def ray_head(tmp_path_factory):
         # two polls after its last step; the suite starts some thirty runs.
         RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.25",
         RAY_AUTH_TOKEN_PATH=str(token_path),
+        # Ray's state API (Ray Train's placement-group cleaner uses it in its actors) finds its
+        # cluster by itself only while one Ray instance runs on the machine.
+        RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{dashboard_port}",
         MOA_TEST_RAY_HEAD=marker,
     )
     # Defaults 10001 and 52365 would clash with any other head on this machine.

@@ -17,6 +17,7 @@ from orchestrator.config.sections import (
     GenerationSection,
     LoggingSection,
     ModelSection,
+    RewardSection,
     ScalingSection,
     Section,
     ServeSection,
@@ -57,6 +58,7 @@ class RunConfig(Section):
     compare: CompareSection = CompareSection()
     tune: TuneSection = TuneSection()
     serve: ServeSection = ServeSection()
+    reward: RewardSection = RewardSection()
     output_dir: str = "runs/panacea"
 
     @property

@@ -34,6 +34,15 @@ class AdapterSection(Section):
     init_from: str | None = None
 
 
+class RewardSection(Section):
+    """`moa reward`: per-objective reward models on the model.name_or_path backbone, trained with
+    the Bradley–Terry loss on the training pairs' labels (ties left out), optimised by train.*."""
+
+    # One model per objective instead of one backbone with a scalar head per objective.
+    per_objective: bool = False
+    held_out_pairs: Count = 400  # built-in task: pairs on its test prompts, to measure accuracy
+
+
 class DataSection(Section):
     source: Literal["assistant", "pku_saferlhf", "jsonl"] = "assistant"
     path: str | None = None  # hub id or file for pku_saferlhf; the file for jsonl

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import ray
@@ -31,7 +32,7 @@ from orchestrator.training.trainer import MultiObjectiveTrainer
 
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"  # RUN_DIR/logs/rank_N.log: what each worker printed
-FAULT_ENV = "MOA_FAULT_AT_STEP"  # "STEP[:RANK]": that rank fails once before STEP (tests)
+FAULT_ENV = "MOA_FAULT_AT_STEP"  # "STEP[:RANK],...": that rank fails once before STEP (tests)
 
 
 def train(
@@ -42,12 +43,17 @@ def train(
     margins: torch.Tensor | None = None,
     reference: torch.Tensor | None = None,
     callbacks: list | None = None,
+    rank_loop: Callable = train_rank,
+    command: str = "train",
 ) -> float:
     """Run (or continue) the training of `run_dir` on Ray Train; returns the wall time in
     seconds. The final adapter is written to RUN_DIR/adapter. Precomputed by the caller:
     `margins` [pairs, objectives], per-pair DPO margins (MODPO, SPO); `reference` [pairs, 2],
     the DPO anchor's log-probs of each pair's responses (then the workers skip that pass).
-    `callbacks`: Ray Train callbacks (a sweep's trial passes Tune's report callback)."""
+    `callbacks`: Ray Train callbacks (a sweep's trial passes Tune's report callback).
+    `rank_loop`: what each worker runs, training.loop's train_rank (a policy) or
+    train_reward_rank (reward models, which take no margins or reference); `command`: the moa
+    command whose --resume continues the run, for the message when it fails."""
     ensure_ray()
     scaling = cfg.scaling
     trainer = TorchTrainer(
@@ -56,8 +62,12 @@ def train(
             "config": for_workers(cfg),
             "run_dir": str(run_dir.resolve()),
             "pairs": pairs,
-            "margins": margins,
-            "reference": reference,
+            "rank_loop": rank_loop,
+            "tensors": {
+                name: tensor
+                for name, tensor in (("margins", margins), ("reference", reference))
+                if tensor is not None
+            },
             "fault": os.environ.get(FAULT_ENV),
         },
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
@@ -82,7 +92,7 @@ def train(
     except ray.train.TrainingFailedError as err:
         raise MoaError(
             f"training failed: {err}\nthe workers' output is in {run_dir / LOGS}; the run "
-            f"folder keeps its checkpoints: continue with `moa train --resume {run_dir}`"
+            f"folder keeps its checkpoints: continue with `moa {command} --resume {run_dir}`"
         ) from None
     return time.perf_counter() - start
 
@@ -111,8 +121,7 @@ def _train_rank(config: dict, rank: int, world_size: int) -> None:
         on_checkpoint=_report_checkpoint,
         before_step=lambda step: _maybe_fail(fault, step, rank, world_size, run_dir),
     )
-    pairs, margins, reference = config["pairs"], config["margins"], config["reference"]
-    train_rank(cfg, run_dir, pairs, launch, margins=margins, reference=reference)
+    config["rank_loop"](cfg, run_dir, config["pairs"], launch, **config["tensors"])
 
 
 def _restore(trainer: MultiObjectiveTrainer) -> None:
@@ -162,12 +171,13 @@ def output_to(path: Path):
 
 
 def _maybe_fail(fault: str | None, step: int, rank: int, world_size: int, run_dir: Path) -> None:
-    """Fault injection for tests: FAULT_ENV="STEP[:RANK]" makes that rank (default: the last)
-    raise once, before the step that would make `step` STEP."""
+    """Fault injection for tests: FAULT_ENV="STEP[:RANK]", or several joined by commas, makes
+    that rank (default: the last) raise once, before the step that would make `step` STEP."""
     if not fault:
         return
-    at, _, which = fault.partition(":")
-    marker = run_dir / f".fault-injected-{at}"
-    if step + 1 == int(at) and rank == int(which or world_size - 1) and not marker.exists():
-        marker.touch()
-        raise RuntimeError(f"injected fault on rank {rank} before step {at} ({FAULT_ENV})")
+    for each in fault.split(","):
+        at, _, which = each.partition(":")
+        marker = run_dir / f".fault-injected-{at}"
+        if step + 1 == int(at) and rank == int(which or world_size - 1) and not marker.exists():
+            marker.touch()
+            raise RuntimeError(f"injected fault on rank {rank} before step {at} ({FAULT_ENV})")

@@ -5,6 +5,7 @@ What a trial does is the sweep recipe's (recipes/sweep.py): a Tune function that
 Train run and reports its results through `report_callback`.
 """
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,9 @@ def run_tuner(trial: Callable, cfg: RunConfig, out: Path, **trial_args):
     in OUT/tuner: a sweep stopped part-way (Ctrl+C, a lost driver) is restored, its finished
     trials kept. Returns the results as that saved state has them (`fit()`'s own count a trial an
     interrupt cut short as terminated)."""
+    # Tune's newer console output prints a table when an experiment starts even at verbose=0;
+    # the older one is silent at 0, which leaves the console to TrialLines.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     trainable = tune.with_resources(tune.with_parameters(trial, **trial_args), {"cpu": TRIAL_CPUS})
     state = out / TUNER
     if tune.Tuner.can_restore(state):

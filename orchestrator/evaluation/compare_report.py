@@ -7,6 +7,7 @@ import numpy as np
 
 from orchestrator.config import RunConfig
 from orchestrator.evaluation.front import Front
+from orchestrator.evaluation.task_front import split_prompts
 
 LABELS = {
     "panacea_ls": "Panacea (LS)",
@@ -53,7 +54,8 @@ def render_table(table: list[dict], cfg: RunConfig) -> str:
         "",
         f"Built-in task, objectives {cfg.data.objectives}; every model trained "
         f"{cfg.train.max_steps} steps of {cfg.global_batch} pairs; λ grid of "
-        f"{cfg.compare.grid_divisions} divisions, {cfg.eval.num_prompts} held-out prompts per λ; "
+        f"{cfg.compare.grid_divisions} divisions, {len(split_prompts(cfg, 'test'))} test "
+        "prompts per λ; "
         f"mean ± standard deviation over seeds {seeds}.",
         "",
         "![fronts](fronts.png)",

@@ -7,8 +7,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from orchestrator.config import RunConfig
+from orchestrator.evaluation.front import Front
 from orchestrator.evaluation.metrics import non_dominated
 from orchestrator.evaluation.report import save_figure
+from orchestrator.evaluation.task_front import split_prompts
 
 # Each Pareto set: its name in a trial's row, and its two axes, each (metric, sign): the sign
 # turns the axis into one where larger is better.
@@ -38,18 +40,25 @@ def best_trial(trials: list[dict], metric: str) -> dict:
     return max((row for row in trials if _evaluated(row)), key=lambda r: (r[metric], r[other]))
 
 
-def render_sweep(cfg: RunConfig, trials: list[dict], best: dict) -> str:
+def render_sweep(cfg: RunConfig, trials: list[dict], best: dict, test_front: Front) -> str:
     keys = list(cfg.tune.space)
     finished = sum(row["status"] == "finished" for row in trials)
+    validation = split_prompts(cfg, "validation", cfg.eval.coarse_num_prompts)
+    measured = test_front.metrics()
     lines = [
         "# Sweep",
         "",
         f"{len(trials)} trials ({finished} finished; the rest stopped early or failed), each up "
         f"to {cfg.train.max_steps} steps of {cfg.global_batch} pairs unless the sweep varies "
         f"them; hypervolume and inner product of the λ grid of {cfg.eval.coarse_grid_divisions} "
-        f"divisions over {cfg.eval.coarse_num_prompts} held-out prompts, at the trial's last "
+        f"divisions over {len(validation)} validation prompts, at the trial's last "
         f"evaluation. Compute: wall time × workers. Best by {cfg.tune.metric}: trial "
         f"{best['trial']} → best.yaml.",
+        "",
+        f"The chosen model (trial {best['trial']}'s best adapter) measured on "
+        f"{len(split_prompts(cfg, 'test'))} test prompts over the λ grid of "
+        f"{len(test_front.preferences)} points: hypervolume {measured['hypervolume']:.4f}, "
+        f"inner product {measured['inner_product']:.4f} → best_front/.",
         "",
         "![trials](pareto.png)",
         "",

@@ -11,6 +11,15 @@ from orchestrator.model.generate import SamplingParams
 from orchestrator.objectives.grid import simplex_grid
 
 
+def split_prompts(
+    cfg: RunConfig, split: str, num_prompts: int | None = None, task: AssistantTask | None = None
+) -> list[str]:
+    """The first `num_prompts` (default eval.num_prompts) prompts of the built-in task's `split`:
+    the prompts a front over that split is measured on."""
+    task = task or AssistantTask(seed=cfg.data.seed)
+    return task.prompts(split)[: num_prompts or cfg.eval.num_prompts]
+
+
 def evaluate_on_grid(
     cfg: RunConfig,
     model,
@@ -33,7 +42,7 @@ def evaluate_on_grid(
     ev = cfg.eval
     task = AssistantTask(seed=cfg.data.seed)
     objectives = cfg.data.objectives
-    prompts = task.prompts(split)[: num_prompts or ev.num_prompts]
+    prompts = split_prompts(cfg, split, num_prompts, task)
     sampling = SamplingParams(
         max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, top_p=ev.top_p, seed=ev.seed
     )

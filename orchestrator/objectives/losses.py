@@ -160,6 +160,19 @@ def per_objective_sft_losses(
     return _mean_over_non_ties(torch.where(signs > 0, nll_a, nll_b), signs, normalizer)
 
 
+def bradley_terry_losses(
+    rewards_a: torch.Tensor,
+    rewards_b: torch.Tensor,
+    signs: torch.Tensor,
+    normalizer: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """[m] per objective: −log σ(s·(r_a − r_b)) summed over the pairs that are not ties (s = +1
+    prefers a, −1 prefers b, 0 tie), divided by `normalizer` [m] (the global batch's non-tie
+    counts) or by this batch's. rewards_a, rewards_b and signs are [B, m]."""
+    losses = -F.logsigmoid(signs * (rewards_a - rewards_b))
+    return _mean_over_non_ties(losses, signs, normalizer)
+
+
 def non_tie_counts(signs: torch.Tensor) -> torch.Tensor:
     """[m] pairs per objective that are not ties (at least 1, so it can divide)."""
     return (signs != 0).sum(dim=0).clamp(min=1)

@@ -154,13 +154,14 @@ def train_into(
 
 
 def load_trained(
-    run_dir: str | Path, overrides: list[str] = ()
+    run_dir: str | Path, overrides: list[str] = (), *, best: bool = False
 ) -> tuple[RunConfig, object, object]:
-    """(config, tokenizer, model with the run's trained adapter) of a finished run."""
+    """(config, tokenizer, model with the run's trained adapter: its best one when `best`, see
+    chosen_adapter) of a finished run."""
     cfg = open_run(run_dir, overrides)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     model = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.model.device)
-    load_adapter(model, Path(run_dir) / "adapter")
+    load_adapter(model, chosen_adapter(Path(run_dir), best))
     return cfg, tokenizer, model
 
 

@@ -12,6 +12,9 @@ stops trials that trail at step milestones.
   OUT/report.md          the table of all trials
   OUT/pareto.png         hypervolume against inner product and against compute
   OUT/best.yaml          the best trial's config, which `moa train` takes as it is
+  OUT/best_front/        the chosen model measured: the best trial's best adapter's front over
+                         eval.grid_divisions on the test prompts (front.json, front.png,
+                         report.md); trials are ranked on validation prompts only
 
 A sweep stopped part-way (Ctrl+C, a lost driver) is finished by the same command: Tune restores
 its state, finished trials are kept, and a trial that was running continues from its last
@@ -30,17 +33,27 @@ from orchestrator.config.sweep_space import check_space, count_trials, largest, 
 from orchestrator.distributed.cluster import ensure_ray
 from orchestrator.distributed.tune import TUNER, report, report_callback, run_tuner, trial_id
 from orchestrator.errors import MoaError
+from orchestrator.evaluation.front import Front
 from orchestrator.evaluation.sweep_report import (
     best_trial,
     mark_pareto_sets,
     plot_sweep,
     render_sweep,
 )
+from orchestrator.recipes.evaluate import front_on_pool
 from orchestrator.recipes.inputs import check_training_inputs
-from orchestrator.recipes.run_folder import TRAINED, TRAINING_RUN, RunKind, claim_run, train_into
+from orchestrator.recipes.run_folder import (
+    TRAINED,
+    TRAINING_RUN,
+    RunKind,
+    claim_run,
+    load_trained,
+    train_into,
+)
 from orchestrator.training.metrics_log import read_metrics
 
 TRIALS = "trials"
+BEST_FRONT = "best_front"
 SWEEP = RunKind(
     "sweep",
     (*TRAINING_RUN.sections, "tune"),
@@ -52,6 +65,7 @@ SWEEP = RunKind(
         "report.md",
         "pareto.png",
         "best.yaml",
+        BEST_FRONT,
     ),
 )
 
@@ -62,6 +76,7 @@ class SweepResult:
     trials: list[dict]  # one per trial, in trial order
     best: dict  # the trial with the highest tune.metric
     best_config: Path  # OUT/best.yaml
+    test_front: Front  # the best trial's best adapter on the test prompts (OUT/best_front)
 
 
 def run_sweep(cfg: RunConfig, *, overwrite: bool = False) -> SweepResult:
@@ -84,10 +99,11 @@ def run_sweep(cfg: RunConfig, *, overwrite: bool = False) -> SweepResult:
     mark_pareto_sets(trials)
     best = best_trial(trials, cfg.tune.metric)
     best_config = write_best_config(cfg, out, best)
+    test_front = measure_chosen(out, best)
     atomic_write_text(out / "results.json", json.dumps(trials, indent=2))
     plot_sweep(out / "pareto.png", trials, cfg.tune.metric)
-    atomic_write_text(out / "report.md", render_sweep(cfg, trials, best))
-    return SweepResult(out, trials, best, best_config)
+    atomic_write_text(out / "report.md", render_sweep(cfg, trials, best, test_front))
+    return SweepResult(out, trials, best, best_config, test_front)
 
 
 def check_sweep(cfg: RunConfig) -> None:
@@ -127,11 +143,16 @@ def run_trial(params: dict, *, sweep: RunConfig, trials_dir: str) -> None:
 
 
 def trial_row(cfg: RunConfig, out: Path, result) -> dict:
-    """A trial's line of the table, from Tune's last result of it."""
+    """A trial's line of the table, from Tune's last result of it; for a trial whose run is done
+    (train.json), from its run's last evaluation, which Tune may not have seen (a run that ended
+    while its sweep was being stopped)."""
     metrics = result.metrics or {}
     name = Path(result.path).name
     params = {key: result.config[key] for key in cfg.tune.space}
     trial_cfg = trial_config(cfg, params, str(out / TRIALS / name))
+    if (out / TRIALS / name / TRAINED).is_file():
+        evaluated = [row for row in read_metrics(out / TRIALS / name) if "hypervolume" in row]
+        metrics = {**metrics, **evaluated[-1]}
     steps = metrics.get("step", 0)
     if result.error is not None:
         status = "error"
@@ -153,6 +174,14 @@ def trial_row(cfg: RunConfig, out: Path, result) -> dict:
         "error": None if result.error is None else str(result.error).strip().splitlines()[-1],
         "run_dir": str(Path(TRIALS) / name),
     }
+
+
+def measure_chosen(out: Path, best: dict) -> Front:
+    """The front of the model the sweep chose (the best trial's best adapter) on the test
+    prompts, written to OUT/best_front."""
+    trial_cfg, tokenizer, model = load_trained(out / best["run_dir"], best=True)
+    title = f"Sweep's chosen model: trial {best['trial']} (test prompts)"
+    return front_on_pool(trial_cfg, model, tokenizer, out / BEST_FRONT, title, progress=False)
 
 
 def write_best_config(cfg: RunConfig, out: Path, best: dict) -> Path:

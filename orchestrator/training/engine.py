@@ -1,14 +1,17 @@
 """How a training step's gradients become an update: one process, DDP, or DeepSpeed ZeRO.
 
-An engine owns the optimizer and learning-rate schedule of the adapter tensors and knows how the
-ranks of a data-parallel group combine gradients. The trainer gives every micro-batch's loss as
-its share of the *global* step's loss (normalised by the whole global batch), so the gradient it
-wants is the sum over ranks and micro-batches; the engines undo DDP's and DeepSpeed's averaging
-over ranks to get exactly that. Engines know torch.distributed, never Ray.
+An engine owns the optimizer and learning-rate schedule of the trained tensors (TrainedWeights:
+the adapter, or a reward model's weights) and knows how the ranks of a data-parallel group
+combine gradients. The trainer gives every micro-batch's loss as its share of the *global* step's
+loss (normalised by the whole global batch), so the gradient it wants is the sum over ranks and
+micro-batches; the engines undo DDP's and DeepSpeed's averaging over ranks to get exactly that.
+Engines know torch.distributed, never Ray.
 """
 
 import contextlib
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,6 +24,23 @@ from orchestrator.model.svd_lora import adapter_parameters
 from orchestrator.objectives.schedule import warmup_cosine
 
 TRAINER_STATE = "optimizer.pt"
+
+
+@dataclass(frozen=True)
+class TrainedWeights:
+    """What an engine trains of a model and how a checkpoint holds it."""
+
+    parameters: Callable[[nn.Module], list[nn.Parameter]]
+    save: Callable[[nn.Module, Path], None]  # (model, checkpoint directory)
+    load: Callable[[nn.Module, Path], None]
+
+
+# The SVD-LoRA adapter (checkpoint/adapter), the base frozen: every policy the methods train.
+ADAPTER = TrainedWeights(
+    parameters=lambda model: list(adapter_parameters(model).values()),
+    save=lambda model, directory: save_adapter(model, directory / "adapter"),
+    load=lambda model, directory: load_adapter(model, directory / "adapter"),
+)
 
 
 def build_optimizer(parameters: list[nn.Parameter], cfg: TrainSection):
@@ -39,11 +59,12 @@ class LocalEngine:
     rank = 0
     world_size = 1
 
-    def __init__(self, model: nn.Module, cfg: TrainSection):
+    def __init__(self, model: nn.Module, cfg: TrainSection, weights: TrainedWeights = ADAPTER):
         self.model = model
         self.module = model  # what forward passes go through
         self.cfg = cfg
-        self.parameters = list(adapter_parameters(model).values())
+        self.weights = weights
+        self.parameters = weights.parameters(model)
         self.optimizer, self.scheduler = build_optimizer(self.parameters, cfg)
 
     def micro_batch(self, last: bool):
@@ -81,9 +102,9 @@ class LocalEngine:
         return contextlib.nullcontext()
 
     def save(self, directory: Path) -> None:
-        """The adapter (directory/adapter), optimizer and schedule; rank 0 writes."""
+        """The trained weights, optimizer and schedule; rank 0 writes."""
         if self.rank == 0:
-            save_adapter(self.model, directory / "adapter")
+            self.weights.save(self.model, directory)
             state = {
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -91,17 +112,17 @@ class LocalEngine:
             torch.save(state, directory / TRAINER_STATE)
 
     def load(self, directory: Path) -> None:
-        load_adapter(self.model, directory / "adapter")
+        self.weights.load(self.model, directory)
         state = torch.load(directory / TRAINER_STATE, map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
 
 class DDPEngine(LocalEngine):
-    """PyTorch DDP (gloo on CPU, NCCL on GPU) over the adapter tensors; the base is frozen."""
+    """PyTorch DDP (gloo on CPU, NCCL on GPU) over the trained tensors; the rest is frozen."""
 
-    def __init__(self, model: nn.Module, cfg: TrainSection):
-        super().__init__(model, cfg)
+    def __init__(self, model: nn.Module, cfg: TrainSection, weights: TrainedWeights = ADAPTER):
+        super().__init__(model, cfg, weights)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         device = self.parameters[0].device
         # Buffers hold λ, which every rank sets itself; broadcasting them would be wasted work.
@@ -120,10 +141,16 @@ class DeepSpeedEngine(LocalEngine):
 
     TAG = "deepspeed"
 
-    def __init__(self, model: nn.Module, cfg: TrainSection, ds_cfg: DeepSpeedSection):
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainSection,
+        ds_cfg: DeepSpeedSection,
+        weights: TrainedWeights = ADAPTER,
+    ):
         import deepspeed
 
-        super().__init__(model, cfg)
+        super().__init__(model, cfg, weights)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         deepspeed.init_distributed(dist_backend=dist.get_backend())
         self.module, *_ = deepspeed.initialize(
@@ -153,10 +180,10 @@ class DeepSpeedEngine(LocalEngine):
         return contextlib.nullcontext()
 
     def save(self, directory: Path) -> None:
-        """Every rank writes its optimizer partition; rank 0 also the whole adapter."""
+        """Every rank writes its optimizer partition; rank 0 also the whole trained weights."""
         with self.full_parameters():
             if self.rank == 0:
-                save_adapter(self.model, directory / "adapter")
+                self.weights.save(self.model, directory)
         self.module.save_checkpoint(str(directory), tag=self.TAG, exclude_frozen_parameters=True)
 
     def load(self, directory: Path) -> None:
@@ -198,13 +225,19 @@ def _merge(base: dict, extra: dict) -> dict:
     return merged
 
 
-def build_engine(model: nn.Module, cfg: TrainSection, strategy: str = "ddp", ds_cfg=None):
+def build_engine(
+    model: nn.Module,
+    cfg: TrainSection,
+    strategy: str = "ddp",
+    ds_cfg=None,
+    weights: TrainedWeights = ADAPTER,
+):
     """The engine for this process: local when there is no process group, else the strategy's."""
     if not (dist.is_available() and dist.is_initialized()):
-        return LocalEngine(model, cfg)
+        return LocalEngine(model, cfg, weights)
     if strategy == "deepspeed":
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-        return DeepSpeedEngine(model, cfg, ds_cfg or DeepSpeedSection())
+        return DeepSpeedEngine(model, cfg, ds_cfg or DeepSpeedSection(), weights)
     if dist.get_world_size() == 1:
-        return LocalEngine(model, cfg)
-    return DDPEngine(model, cfg)
+        return LocalEngine(model, cfg, weights)
+    return DDPEngine(model, cfg, weights)

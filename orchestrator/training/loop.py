@@ -1,6 +1,7 @@
 """One rank of a training run, whoever launches it: the model and trainer its config describes, a
 checkpoint restored, the reference log-probs precomputed, then every step with its evaluation,
-logging and checkpoints, and the adapter saved at the end.
+logging and checkpoints, and the adapter saved at the end; or the same for reward models
+(train_reward_rank, `moa reward`), which save reward_model/ at the end.
 
 distributed/train.py runs it on each Ray Train worker and hands in what comes from Ray: the
 device, the checkpoint to continue from, how a checkpoint leaves the rank, the progress bar. Run
@@ -20,8 +21,11 @@ from orchestrator.data.encoding import encode_pairs
 from orchestrator.data.schema import PairDataset
 from orchestrator.model.adapter_io import save_adapter
 from orchestrator.model.build import build_model
+from orchestrator.model.loading import load_tokenizer
+from orchestrator.model.reward_model import REWARD_MODEL, build_reward_model, save_reward_model
 from orchestrator.training.engine import build_engine
 from orchestrator.training.metrics_log import MetricsLogger
+from orchestrator.training.reward_trainer import WHOLE_MODEL, RewardTrainer
 from orchestrator.training.selection import BestAdapter
 from orchestrator.training.trainer import MultiObjectiveTrainer
 
@@ -86,6 +90,51 @@ def train_rank(
     logger = None
     if rank0:
         logger = MetricsLogger(run_dir, cfg.logging, cfg.model_dump(), resume_step=trainer.step)
+    run_steps(cfg, trainer, launch, logger, selection)
+    with engine.full_parameters():
+        if rank0:
+            save_adapter(model, run_dir / "adapter")
+    if logger is not None:
+        logger.close()
+
+
+def train_reward_rank(
+    cfg: RunConfig, run_dir: Path, pairs: PairDataset, launch: Launch | None = None
+) -> None:
+    """Train this rank's share of the reward-model run in `run_dir` (`moa reward`) to
+    train.max_steps; rank 0 writes metrics.jsonl and, at the end, reward_model/."""
+    launch = launch or Launch()
+    seed_everything(cfg.train.seed)
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    objectives, data = cfg.data.objectives, cfg.data
+    model = build_reward_model(
+        cfg.model.name_or_path,
+        objectives,
+        cfg.reward.per_objective,
+        tokenizer.pad_token_id,
+        cfg.model.dtype,
+    ).to(launch.device)
+    encoded = encode_pairs(tokenizer, pairs, data.max_prompt_tokens, data.max_response_tokens)
+    strategy, ds_cfg = cfg.scaling.strategy, cfg.scaling.deepspeed
+    engine = build_engine(model, cfg.train, strategy, ds_cfg, weights=WHOLE_MODEL)
+    trainer = RewardTrainer(model, encoded, tokenizer.pad_token_id, cfg.train, engine)
+    if launch.restore is not None:
+        launch.restore(trainer)
+    logger = None
+    if launch.rank == 0:
+        logger = MetricsLogger(run_dir, cfg.logging, cfg.model_dump(), resume_step=trainer.step)
+    run_steps(cfg, trainer, launch, logger)
+    with engine.full_parameters():
+        if launch.rank == 0:
+            save_reward_model(model, tokenizer, run_dir / REWARD_MODEL)
+    if logger is not None:
+        logger.close()
+
+
+def run_steps(cfg: RunConfig, trainer, launch: Launch, logger, selection=None) -> None:
+    """Every step left of `trainer` (a MultiObjectiveTrainer or RewardTrainer): `selection`
+    evaluated every eval.every steps, rank 0's `logger` every train.log_every, checkpoints
+    every checkpoint.every, each at the last step too."""
     while trainer.step < cfg.train.max_steps:
         if launch.before_step is not None:
             launch.before_step(trainer.step)
@@ -99,8 +148,3 @@ def train_rank(
             logger.log(metrics)
         if launch.on_checkpoint is not None and (step % cfg.checkpoint.every == 0 or last):
             launch.on_checkpoint(trainer, metrics)
-    with engine.full_parameters():
-        if rank0:
-            save_adapter(model, run_dir / "adapter")
-    if logger is not None:
-        logger.close()

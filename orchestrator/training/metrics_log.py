@@ -75,12 +75,14 @@ def console_line(metrics: dict) -> str:
     parts = [f"step {metrics['step']}", f"loss {metrics['loss']:.4f}"]
     if "hypervolume" in metrics:
         parts.append(f"hypervolume {metrics['hypervolume']:.4f}")
-    parts += [
-        f"lr {metrics['learning_rate']:.2e}",
-        f"{metrics['tokens_per_s']:.0f} tok/s",
-        f"data {metrics['data_seconds']:.2f}s fwd/bwd {metrics['compute_seconds']:.2f}s "
-        f"opt {metrics['optimizer_seconds']:.2f}s",
-    ]
+    if "accuracy" in metrics:  # a reward model's, per objective
+        parts.append("accuracy " + " ".join(f"{a:.2f}" for a in metrics["accuracy"]))
+    parts += [f"lr {metrics['learning_rate']:.2e}", f"{metrics['tokens_per_s']:.0f} tok/s"]
+    if "data_seconds" in metrics:
+        parts.append(
+            f"data {metrics['data_seconds']:.2f}s fwd/bwd {metrics['compute_seconds']:.2f}s "
+            f"opt {metrics['optimizer_seconds']:.2f}s"
+        )
     if "eval_seconds" in metrics:
         parts.append(f"eval {metrics['eval_seconds']:.1f}s")
     return " | ".join(parts)

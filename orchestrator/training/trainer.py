@@ -51,7 +51,44 @@ class StepResult:
         return {**self.__dict__, "tokens_per_s": self.tokens / max(self.seconds, 1e-9)}
 
 
-class MultiObjectiveTrainer:
+class PairTrainer:
+    """What every trainer on preference pairs shares: the pairs, the engine that updates the
+    model, the steps done, and each step's data, a pure function of (seed, step): the global
+    batch of batch_size × ranks × grad_accum_steps pairs, of which rank r takes the r-th slice."""
+
+    def __init__(
+        self, model: nn.Module, pairs: list[EncodedPair], pad_id: int, cfg: TrainSection, engine
+    ):
+        if not pairs:
+            raise MoaError("there are no training pairs: the training split is empty")
+        self.model, self.pairs, self.pad_id, self.cfg = model, pairs, pad_id, cfg
+        self.engine = engine
+        self.device = engine.parameters[0].device
+        self.step = 0
+        steps_per_epoch(len(pairs), self.global_batch)  # fails now if one batch does not fit
+
+    @property
+    def optimizer(self):
+        return self.engine.optimizer
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.batch_size * self.engine.world_size * self.cfg.grad_accum_steps
+
+    @property
+    def epoch_and_position(self) -> tuple[int, int]:
+        """(epochs done, steps done in the current epoch) after `step` steps."""
+        return divmod(self.step, steps_per_epoch(len(self.pairs), self.global_batch))
+
+    def step_pairs(self) -> tuple[list[int], list[int]]:
+        """(the indices of this step's global batch, this rank's slice of them)."""
+        cfg, engine = self.cfg, self.engine
+        indices = step_indices(len(self.pairs), self.global_batch, cfg.seed, self.step)
+        share = cfg.batch_size * cfg.grad_accum_steps
+        return indices, indices[engine.rank * share : (engine.rank + 1) * share]
+
+
+class MultiObjectiveTrainer(PairTrainer):
     """Trains an SVD-LoRA adapter on per-objective losses of preference pairs, at a λ drawn per
     step (Panacea) or fixed, on this process's share of every global batch.
 
@@ -86,12 +123,8 @@ class MultiObjectiveTrainer:
         reference: torch.Tensor | None = None,
         preferences: torch.Tensor | None = None,
     ):
-        if not pairs:
-            raise MoaError("there are no training pairs: the training split is empty")
-        self.model, self.pairs, self.pad_id, self.cfg = model, pairs, pad_id, cfg
-        self.engine = engine or LocalEngine(model, cfg)
+        super().__init__(model, pairs, pad_id, cfg, engine or LocalEngine(model, cfg))
         self.num_objectives = len(pairs[0].signs)
-        self.device = self.engine.parameters[0].device
         self.sampler = PreferenceSampler(self.num_objectives, cfg.vertex_probability, cfg.seed)
         self.fixed_preference = None if preference is None else torch.tensor(preference)
         self.objective = objective
@@ -114,21 +147,6 @@ class MultiObjectiveTrainer:
         self.preferences = preferences
         if cfg.reference == "initial" and reference is None:
             freeze_anchor(model)  # before a checkpoint moves the adapter on
-        self.step = 0
-        steps_per_epoch(len(pairs), self.global_batch)  # fails now if one batch does not fit
-
-    @property
-    def optimizer(self):
-        return self.engine.optimizer
-
-    @property
-    def global_batch(self) -> int:
-        return self.cfg.batch_size * self.engine.world_size * self.cfg.grad_accum_steps
-
-    @property
-    def epoch_and_position(self) -> tuple[int, int]:
-        """(epochs done, steps done in the current epoch) after `step` steps."""
-        return divmod(self.step, steps_per_epoch(len(self.pairs), self.global_batch))
 
     def precompute_reference(self, progress: bool = False) -> None:
         """Reference log-probs of every pair, once: the anchor never changes (the base model, or
@@ -173,13 +191,12 @@ class MultiObjectiveTrainer:
         was_training = self.model.training
         self.model.eval()
         cfg, engine = self.cfg, self.engine
-        indices = step_indices(len(self.pairs), self.global_batch, cfg.seed, self.step)
+        indices, mine = self.step_pairs()
         pref = self.preference_at(self.step, indices).to(self.device)
         counts = non_tie_counts(torch.tensor([self.pairs[i].signs for i in indices])).to(
             self.device
         )
-        share = cfg.batch_size * cfg.grad_accum_steps
-        mine = indices[engine.rank * share : (engine.rank + 1) * share]
+        share = len(mine)
         batches = [
             self._training_batch(mine[i : i + cfg.batch_size], pref)
             for i in range(0, share, cfg.batch_size)

@@ -28,22 +28,32 @@ def test_submit_without_valid_token_is_refused(ray_head, credentials):
     assert submission_id not in listing.stdout
 
 
-# Through `sh -c` after list2cmdline quoting: keep it free of double quotes and `$`.
+# Through `sh -c` after list2cmdline quoting: keep it free of double quotes and `$`. What the job
+# sees, then `moa train` on the tiny config, as `python -m orchestrator.cli train ...` runs it.
 PROBE = """
-import json, os, ray
+import json, os, sys, ray
 import orchestrator
 ray.init()
 print('PROBE', json.dumps({
     'orchestrator': orchestrator.__file__,
     'moa_cache_dir': os.environ.get('MOA_CACHE_DIR'),
     'cpus': ray.cluster_resources().get('CPU'),
-}))
+}), flush=True)
+from orchestrator.cli import main
+sys.exit(main(['train', 'jobs/panacea_tiny.yaml', *sys.argv[1:]]))
 """
 
 
-def test_job_runs_submitted_source_and_sees_head_env(ray_head):
-    submission_id = f"probe-{secrets.token_hex(4)}"
-    res = ray_head.submit("python", "-c", PROBE, submission_id=submission_id)
+def test_a_job_runs_the_submitted_source_with_the_head_env_and_writes_a_run(ray_head, tmp_path):
+    run_dir = tmp_path / "run"
+    submission_id = f"panacea-{secrets.token_hex(4)}"
+    res = ray_head.submit(
+        "python", "-c", PROBE,
+        "model.name_or_path=builtin:tiny-quick", "data.num_pairs=64", "train.max_steps=2",
+        "train.warmup_steps=0", "train.batch_size=8", "eval.enabled=false",
+        f"output_dir={run_dir}",
+        submission_id=submission_id,
+    )  # fmt: skip
     output = res.stdout + res.stderr
     assert res.returncode == 0, output
     assert ray_head.status(submission_id) == "SUCCEEDED"
@@ -53,21 +63,6 @@ def test_job_runs_submitted_source_and_sees_head_env(ray_head):
     assert "_ray_pkg_" in probe["orchestrator"], probe
     assert probe["moa_cache_dir"] == ray_head.cache_dir, probe
     assert probe["cpus"] == 4
-
-
-def test_panacea_tiny_job_writes_a_run(ray_head, tmp_path):
-    run_dir = tmp_path / "run"
-    submission_id = f"panacea-{secrets.token_hex(4)}"
-    res = ray_head.submit(
-        "python", "-m", "orchestrator.cli", "train", "jobs/panacea_tiny.yaml",
-        "model.name_or_path=builtin:tiny-quick", "data.num_pairs=64", "train.max_steps=2",
-        "train.warmup_steps=0", "train.batch_size=8", "eval.enabled=false",
-        f"output_dir={run_dir}",
-        submission_id=submission_id,
-    )  # fmt: skip
-    output = res.stdout + res.stderr
-    assert res.returncode == 0, output
-    assert ray_head.status(submission_id) == "SUCCEEDED"
     named = re.findall(r"run folder (\S+)", output)
     assert named and Path(named[-1]) == run_dir, output[-3000:]
     # Checkpoints hold adapter/ folders too: look at the run folder's own.

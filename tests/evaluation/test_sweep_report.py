@@ -1,7 +1,10 @@
 """A sweep's Pareto sets of trials and its best trial, on hand-made trials whose sets are worked
 out by hand; the table and the picture."""
 
+import numpy as np
+
 from orchestrator.config import load_config
+from orchestrator.evaluation.front import Front
 from orchestrator.evaluation.sweep_report import (
     best_trial,
     mark_pareto_sets,
@@ -45,7 +48,15 @@ def test_the_table_lists_every_trial_and_the_picture_is_written(tmp_path):
     rows = trials()
     mark_pareto_sets(rows)
     cfg = load_config(None, ["tune.space={train.beta: {grid: [0.1]}}"])
-    text = render_sweep(cfg, rows, best_trial(rows, "hypervolume"))
+    # the chosen model on the test prompts: one point at each vertex of the grid, both (0.5, 0.5)
+    front = Front(("helpful", "harmless"), np.eye(2), np.full((2, 2), 0.5), [-1.0, -1.0])
+    text = render_sweep(cfg, rows, best_trial(rows, "hypervolume"), front)
+    # hypervolume of (0.5, 0.5) against (-1, -1): 1.5²; inner product: mean of λ·(0.5, 0.5)
+    assert (
+        "The chosen model (trial d's best adapter) measured on 34 test prompts over the λ grid "
+        "of 2 points: hypervolume 2.2500, inner product 0.5000 → best_front/." in text
+    )
+    assert "over 16 validation prompts" in text  # eval.coarse_num_prompts of the 26
     lines = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(lines) == 1 + len(rows)  # the header and one line per trial
     assert lines[4].startswith("| d (best) | 0.1 | finished | 4 | 0.7000 | 0.8500 | 150 | ✓ |  |")

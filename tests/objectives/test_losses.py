@@ -10,6 +10,7 @@ from orchestrator.objectives import (
     preference_loss,
     sequence_logprobs,
 )
+from orchestrator.objectives.losses import bradley_terry_losses
 
 
 def neg_log_sigmoid(x: float) -> float:
@@ -258,3 +259,20 @@ def test_sft_all_tie_has_grad_fn_and_gradient_sign():
     # objective 0 = mean(6/3, 16/4): d/d policy_a[0] = −1/(2·3), d/d policy_b[1] = −1/(2·4)
     torch.testing.assert_close(policy_a.grad, t(-1 / 6, 0.0))
     torch.testing.assert_close(policy_b.grad, t(0.0, -1 / 8))
+
+
+# --- bradley_terry_losses ------------------------------------------------------------------------
+
+
+def test_bradley_terry_losses_hand_values_leave_ties_out():
+    rewards_a = torch.tensor([[2.0, 0.0], [0.5, 1.0], [1.0, 3.0]])
+    rewards_b = torch.tensor([[1.0, 1.0], [1.5, 1.0], [0.0, 0.0]])
+    signs = torch.tensor([[1.0, -1.0], [-1.0, 0.0], [1.0, 0.0]])  # objective 1: one non-tie pair
+    losses = bradley_terry_losses(rewards_a, rewards_b, signs)
+    # objective 0: −log σ(1), −log σ(1), −log σ(1) over 3 pairs; objective 1: −log σ(1) alone
+    assert losses.tolist() == pytest.approx([neg_log_sigmoid(1.0), neg_log_sigmoid(1.0)])
+    # Normalised by a global batch's non-tie counts instead of this batch's.
+    halved = bradley_terry_losses(rewards_a, rewards_b, signs, torch.tensor([6.0, 2.0]))
+    assert halved.tolist() == pytest.approx([neg_log_sigmoid(1.0) / 2, neg_log_sigmoid(1.0) / 2])
+    wrong_way = bradley_terry_losses(rewards_b, rewards_a, signs)
+    assert wrong_way.tolist() == pytest.approx([neg_log_sigmoid(-1.0), neg_log_sigmoid(-1.0)])
