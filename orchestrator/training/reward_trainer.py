@@ -16,11 +16,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from orchestrator.algorithms.reward_model import correct_orders, pair_rewards
-from orchestrator.config.sections import TrainSection
-from orchestrator.data.encoding import EncodedPair, collate_pairs
+from orchestrator.data.encoding import collate_pairs
 from orchestrator.errors import MoaError
 from orchestrator.objectives.losses import bradley_terry_losses, non_tie_counts
-from orchestrator.training.engine import LocalEngine, TrainedWeights
+from orchestrator.training.engine import TrainedWeights
 from orchestrator.training.trainer import PairTrainer
 
 WEIGHTS = "reward_model.safetensors"  # a checkpoint's copy of the trained weights
@@ -68,15 +67,7 @@ class RewardStep:
 
 
 class RewardTrainer(PairTrainer):
-    def __init__(
-        self,
-        model: nn.Module,
-        pairs: list[EncodedPair],
-        pad_id: int,
-        cfg: TrainSection,
-        engine: LocalEngine | None = None,
-    ):
-        super().__init__(model, pairs, pad_id, cfg, engine or LocalEngine(model, cfg, WHOLE_MODEL))
+    weights = WHOLE_MODEL
 
     def prepare(self) -> None:
         """Nothing to compute before the first step (the policy trainer's reference pass)."""

@@ -31,7 +31,7 @@ from orchestrator.objectives import (
     aggregation_weights,
     non_tie_counts,
 )
-from orchestrator.training.engine import LocalEngine
+from orchestrator.training.engine import ADAPTER, LocalEngine, TrainedWeights
 
 
 @dataclass
@@ -56,14 +56,21 @@ class PairTrainer:
     model, the steps done, and each step's data, a pure function of (seed, step): the global
     batch of batch_size × ranks × grad_accum_steps pairs, of which rank r takes the r-th slice."""
 
+    weights: TrainedWeights = ADAPTER  # what the engine trains when the trainer makes it
+
     def __init__(
-        self, model: nn.Module, pairs: list[EncodedPair], pad_id: int, cfg: TrainSection, engine
+        self,
+        model: nn.Module,
+        pairs: list[EncodedPair],
+        pad_id: int,
+        cfg: TrainSection,
+        engine: LocalEngine | None = None,
     ):
         if not pairs:
             raise MoaError("there are no training pairs: the training split is empty")
         self.model, self.pairs, self.pad_id, self.cfg = model, pairs, pad_id, cfg
-        self.engine = engine
-        self.device = engine.parameters[0].device
+        self.engine = engine or LocalEngine(model, cfg, self.weights)
+        self.device = self.engine.parameters[0].device
         self.step = 0
         steps_per_epoch(len(pairs), self.global_batch)  # fails now if one batch does not fit
 
@@ -123,7 +130,7 @@ class MultiObjectiveTrainer(PairTrainer):
         reference: torch.Tensor | None = None,
         preferences: torch.Tensor | None = None,
     ):
-        super().__init__(model, pairs, pad_id, cfg, engine or LocalEngine(model, cfg))
+        super().__init__(model, pairs, pad_id, cfg, engine)
         self.num_objectives = len(pairs[0].signs)
         self.sampler = PreferenceSampler(self.num_objectives, cfg.vertex_probability, cfg.seed)
         self.fixed_preference = None if preference is None else torch.tensor(preference)
