@@ -27,23 +27,20 @@ from orchestrator.errors import MoaError
 from orchestrator.model.loading import load_tokenizer
 from orchestrator.model.reward_model import REWARD_MODEL, RewardModel, load_reward_model
 from orchestrator.recipes.inputs import check_training_inputs
-from orchestrator.recipes.run_folder import CONFIG, TRAINED, RunKind, open_run, start_run
+from orchestrator.recipes.run_folder import TRAINED, TRAINING_RUN, RunKind, open_run, start_run
 from orchestrator.training.loop import train_reward_rank
 from orchestrator.training.metrics_log import read_metrics
 
+# A training run's folder without a policy's outputs (best/, adapter/, eval/), with its own.
+POLICY_OUTPUTS = ("best", "adapter", "eval")
 REWARD_RUN = RunKind(
     "reward-model run",
     ("model", "data", "train", "scaling", "checkpoint", "logging", "reward"),
     (
-        CONFIG,
-        "metrics.jsonl",
-        "tensorboard",
-        "checkpoints",
-        "logs",
+        *(name for name in TRAINING_RUN.outputs if name not in POLICY_OUTPUTS),
         REWARD_MODEL,
         "accuracy.json",
         "report.md",
-        TRAINED,
     ),
     command="reward",
 )

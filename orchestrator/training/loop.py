@@ -87,15 +87,10 @@ def train_rank(
     selection = None
     if rank0 and cfg.eval.enabled and cfg.eval.every > 0:
         selection = BestAdapter(cfg, model, tokenizer, run_dir)
-    logger = None
-    if rank0:
-        logger = MetricsLogger(run_dir, cfg.logging, cfg.model_dump(), resume_step=trainer.step)
-    run_steps(cfg, trainer, launch, logger, selection)
+    run_steps(cfg, run_dir, trainer, launch, selection)
     with engine.full_parameters():
         if rank0:
             save_adapter(model, run_dir / "adapter")
-    if logger is not None:
-        logger.close()
 
 
 def train_reward_rank(
@@ -120,21 +115,19 @@ def train_reward_rank(
     trainer = RewardTrainer(model, encoded, tokenizer.pad_token_id, cfg.train, engine)
     if launch.restore is not None:
         launch.restore(trainer)
-    logger = None
-    if launch.rank == 0:
-        logger = MetricsLogger(run_dir, cfg.logging, cfg.model_dump(), resume_step=trainer.step)
-    run_steps(cfg, trainer, launch, logger)
+    run_steps(cfg, run_dir, trainer, launch)
     with engine.full_parameters():
         if launch.rank == 0:
             save_reward_model(model, tokenizer, run_dir / REWARD_MODEL)
-    if logger is not None:
-        logger.close()
 
 
-def run_steps(cfg: RunConfig, trainer, launch: Launch, logger, selection=None) -> None:
+def run_steps(cfg: RunConfig, run_dir: Path, trainer, launch: Launch, selection=None) -> None:
     """Every step left of `trainer` (a MultiObjectiveTrainer or RewardTrainer): `selection`
-    evaluated every eval.every steps, rank 0's `logger` every train.log_every, checkpoints
-    every checkpoint.every, each at the last step too."""
+    evaluated every eval.every steps, logged by rank 0 every train.log_every (metrics.jsonl,
+    TensorBoard, MLflow), checkpoints every checkpoint.every, each at the last step too."""
+    logger = None
+    if launch.rank == 0:
+        logger = MetricsLogger(run_dir, cfg.logging, cfg.model_dump(), resume_step=trainer.step)
     while trainer.step < cfg.train.max_steps:
         if launch.before_step is not None:
             launch.before_step(trainer.step)
@@ -148,3 +141,5 @@ def run_steps(cfg: RunConfig, trainer, launch: Launch, logger, selection=None) -
             logger.log(metrics)
         if launch.on_checkpoint is not None and (step % cfg.checkpoint.every == 0 or last):
             launch.on_checkpoint(trainer, metrics)
+    if logger is not None:
+        logger.close()
