@@ -19,6 +19,7 @@ from orchestrator.config.sections import (
     ModelSection,
     RewardSection,
     ScalingSection,
+    Scorer,
     Section,
     ServeSection,
     SIPOSection,
@@ -68,11 +69,8 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
-        if self.eval.enabled and self.data.source != "assistant":
-            raise ValueError(
-                "eval.enabled needs ground-truth scorers, which only the built-in task "
-                "(data.source: assistant) has; set eval.enabled: false"
-            )
+        if self.eval.enabled:
+            self._check_scorers()
         if (
             self.eval.enabled
             and self.eval.every
@@ -130,6 +128,38 @@ class RunConfig(Section):
                 f"for {len(self.data.objectives)} objectives"
             )
         return self
+
+    @property
+    def scorers(self) -> dict[str, Scorer]:
+        """Each objective's scorer: eval.scorers, else the built-in task's ground truth."""
+        return {name: self.eval.scorers.get(name, "ground_truth") for name in self.data.objectives}
+
+    def _check_scorers(self) -> None:
+        objectives = self.data.objectives
+        unknown = sorted(set(self.eval.scorers) - set(objectives))
+        if unknown:
+            raise ValueError(
+                f"eval.scorers names {unknown}, not among data.objectives {objectives}"
+            )
+        builtin = self.data.source == "assistant"
+        for name, scorer in self.scorers.items():
+            if scorer == "ground_truth" and not builtin:
+                problem = (
+                    f"eval.scorers.{name}: ground_truth needs the built-in task (data.source: "
+                    "assistant)"
+                    if name in self.eval.scorers
+                    else f"objective {name!r} has no scorer (eval.scorers.{name})"
+                )
+                raise ValueError(
+                    f"{problem}; data.source {self.data.source!r} has no ground truth: set "
+                    f"eval.scorers.{name} to a reward model ({{model: PATH}}) or implicit, or set "
+                    "eval.enabled: false"
+                )
+        if self.eval.reference_point is None and set(self.scorers.values()) != {"ground_truth"}:
+            raise ValueError(
+                "eval.reference_point is needed when a scorer is not ground truth: one value "
+                f"per objective {objectives}, below every score a front should be credited for"
+            )
 
     def _check_scaling(self) -> None:
         scaling = self.scaling

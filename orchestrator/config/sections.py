@@ -176,8 +176,30 @@ class LoggingSection(Section):
     mlflow_tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI or ./mlruns
 
 
+class RewardModelScorer(Section):
+    """One output of a sequence classifier as an objective's score: sign · (raw − offset) / scale.
+    `model`: a folder with config.json (a `moa reward` run's reward_model/, or any Hugging Face
+    sequence classifier) or a hub id. `head`: the output's index or label (config.id2label);
+    needed when the model has several. sign −1 makes a cost model's output a score."""
+
+    model: str
+    head: int | str | None = None
+    sign: Literal[1, -1] = 1
+    offset: float = 0.0
+    scale: Positive = 1.0
+
+
+# ground_truth: the built-in task's exact scorers; implicit: β(log π_{λ=e_i} − log π_ref) of the
+# model being scored (the adapter steered fully to the objective against the base).
+Scorer = Literal["ground_truth", "implicit"] | RewardModelScorer
+
+
 class EvalSection(Section):
     enabled: bool = True  # false: no evaluation at all, after or during training
+    # Objective → its scorer, for fronts, model selection, sweeps and comparisons. Default: the
+    # ground truth on the built-in task; any other data needs a scorer for every objective.
+    scorers: dict[str, Scorer] = {}
+    implicit_beta: Positive = 0.1  # β of implicit scorers
     grid_divisions: Count = 10  # λ grid: multiples of 1/divisions on the simplex
     num_prompts: Count = 60  # test prompts per λ, at most (the built-in task has 34)
     temperature: Annotated[float, Field(ge=0.0)] = 0.0  # 0: greedy
@@ -186,7 +208,8 @@ class EvalSection(Section):
     seed: int = 0
     max_new_tokens: Count = 96
     batch_size: Count = 128
-    reference_point: list[float] | None = None  # default: the task's own
+    # Needed unless every scorer is ground truth (whose scores lie in [0, 1]; default 0 each).
+    reference_point: list[float] | None = None
     # During training: every `every` steps (0: only at the end), the hypervolume over a coarse
     # grid on validation prompts picks the best checkpoint (and ranks a sweep's trials).
     every: Annotated[int, Field(ge=0)] = 0
@@ -231,10 +254,10 @@ class SIPOSection(Section):
     # it is better on at least one judge.
     review: bool = False
     # implicit: β(log π_{λ=e_i} − log π_ref) of the current model; ground_truth: the built-in
-    # task's scorers; reward_models: one Hugging Face sequence-classification model per objective.
+    # task's scorers; reward_models: a reward (or cost) model's output per objective.
     judge: Literal["implicit", "ground_truth", "reward_models"] = "implicit"
     judge_beta: Positive = 0.1
-    reward_models: dict[str, str] = {}  # objective → reward model path or hub id
+    reward_models: dict[str, RewardModelScorer] = {}  # objective → {model, head, sign, …}
     # Re-alignment on the new pairs: DPO + NLL (normalised by response tokens), anchored on the
     # round's starting policy; the other training fields come from `train`.
     beta: Positive = 0.1
@@ -254,7 +277,9 @@ class SIPOSection(Section):
                 "candidates_per_preference > 1 needs temperature > 0 (greedy answers repeat)"
             )
         if self.judge == "reward_models" and not self.reward_models:
-            raise ValueError("judge 'reward_models' needs reward_models: {objective: path}")
+            raise ValueError(
+                "judge 'reward_models' needs reward_models: {objective: {model: PATH}}"
+            )
         return self
 
 

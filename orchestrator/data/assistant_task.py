@@ -133,11 +133,6 @@ class AssistantTask:
             raise MoaError(f"split must be one of {SPLITS}; got {split!r}")
         return list(self._prompts[split])
 
-    def reference_point(self, objectives: Sequence[str]) -> list[float]:
-        """The fixed hypervolume reference point: every score lies in [0, 1]."""
-        self._check_objectives(objectives)
-        return [0.0] * len(objectives)
-
     def score(self, prompt: str, response: str) -> dict[str, float]:
         topic = topic_of(prompt)
         return score_parsed(topic, parse_answer(topic, response))

@@ -6,8 +6,9 @@ request gives the same text whatever chunk or actor it lands on. Only adapter te
 (`publish`, a few MB through the object store, versioned); the base model is loaded once per
 actor. Chunks go to the actor with the fewest outstanding requests and are collected as they
 finish (ray.wait). An actor that dies is restarted by Ray and its chunks are sent again, so every
-request of a job is answered exactly once. The actors also score (prompt, response) rows with the
-adapter's implicit rewards (SIPO's judges), through the same dispatch.
+request of a job is answered exactly once. The actors also score (prompt, response) rows, with
+a run's scorers (reward models load once per actor, on its device) or the adapter's implicit
+rewards (SIPO's judges), through the same dispatch.
 """
 
 import os
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from orchestrator.config.sections import GenerationSection
 from orchestrator.distributed.cluster import ensure_ray
 from orchestrator.errors import MoaError
+from orchestrator.evaluation.scorers import Scorers
 from orchestrator.model.adapter_io import (
     adapter_tensors,
     inject_from_config,
@@ -73,7 +75,9 @@ class GenerationWorker:
         inject_from_config(self.model, self.config)
         self.model.eval()
         self.batch_size, self.max_prompt_tokens = batch_size, max_prompt_tokens
+        self.device = "cuda" if use_gpu else "cpu"
         self.version = -1  # no adapter published yet
+        self.scorers: dict[str, Scorers] = {}  # by the key GenerationPool.scorer gave them
 
     def load(self, version: int, tensors: dict[str, torch.Tensor]) -> int:
         load_adapter_tensors(self.model, self.config, tensors, source=f"adapter v{version}")
@@ -118,6 +122,17 @@ class GenerationWorker:
             batch_size=self.batch_size,
         )
         return rewards.tolist()
+
+    def score(self, rows: list[tuple[str, str]], adapter: list, scorers: tuple) -> list:
+        """[m] scores of each (prompt, response) row by `scorers` = (key, Scorers arguments),
+        built on first use; implicit scorers read the adapter `adapter` names (see _use)."""
+        self._use(adapter)
+        key, arguments = scorers
+        if key not in self.scorers:
+            policy = (self.model, self.tokenizer)
+            self.scorers[key] = Scorers(**arguments, policy=policy, device=self.device)
+        prompts, responses = zip(*rows, strict=True)
+        return self.scorers[key](prompts, responses).tolist()
 
     def pid(self) -> int:
         return os.getpid()
@@ -217,19 +232,35 @@ class GenerationPool:
         rewards = self._map("implicit_rewards", rows, desc="implicit rewards", progress=progress)
         return np.array(rewards, dtype=np.float64)
 
+    def scorer(self, arguments: dict, progress: bool = False):
+        """`score(prompts, responses)` → [N, m] by the Scorers of `arguments`
+        (Scorers.arguments_for_run), computed on the actors against the latest adapter."""
+        scorers = (repr(sorted(arguments.items())), arguments)
+
+        def score(prompts, responses) -> np.ndarray:
+            rows = list(zip(prompts, responses, strict=True))
+            if not rows:
+                return np.zeros((0, len(arguments["scorers"])))
+            scores = self._map("score", rows, desc="score", progress=progress, extra=(scorers,))
+            return np.array(scores, dtype=np.float64)
+
+        return score
+
     def _map(
         self,
         method: str,
         items: list,
         *,
+        extra: tuple = (),
         min_version: int | None = None,
         desc: str,
         progress: bool,
         on_progress: Callable[[int, int], None] | None = None,
         tokens: Callable[[object], int] | None = None,
     ) -> list:
-        """Call actor `method` on chunks of `items` with the pool's adapter; one result per item,
-        in order, each computed exactly once (a dead actor's chunks are sent again)."""
+        """Call actor `method` on chunks of `items` with the pool's adapter (and `extra`
+        arguments); one result per item, in order, each computed exactly once (a dead actor's
+        chunks are sent again)."""
         if self._adapter is None:
             raise MoaError("no adapter published to the generation pool yet: call publish()")
         if min_version is not None and self.version < min_version:
@@ -258,7 +289,7 @@ class GenerationPool:
                     break
                 indices = pending.pop()
                 call = getattr(self.actors[actor], method)
-                ref = call.remote([items[i] for i in indices], [self._adapter])
+                ref = call.remote([items[i] for i in indices], [self._adapter], *extra)
                 in_flight[ref] = (actor, indices)
                 outstanding[actor] += len(indices)
             if not in_flight:  # every actor is restarting

@@ -7,7 +7,7 @@ import numpy as np
 
 from orchestrator.config import RunConfig
 from orchestrator.evaluation.front import Front
-from orchestrator.evaluation.task_front import split_prompts
+from orchestrator.evaluation.run_front import split_prompts
 
 LABELS = {
     "panacea_ls": "Panacea (LS)",

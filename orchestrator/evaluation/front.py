@@ -17,6 +17,8 @@ from orchestrator.model.svd_lora import adapter_disabled, has_svd_lora, svd_lora
 GREEDY = SamplingParams(max_new_tokens=96)
 # answer(prompts, preferences [rows, m], sampling params per row) → one answer per row
 Answerer = Callable[[list[str], torch.Tensor, list[SamplingParams]], list[str]]
+# score(prompts, answers) → [rows, m] scores (evaluation.scorers.Scorers, or a pool's)
+Score = Callable[[list[str], list[str]], np.ndarray]
 
 
 @dataclass
@@ -86,16 +88,16 @@ def steerability(weights: np.ndarray, scores: np.ndarray) -> float:
 def evaluate_front(
     model: nn.Module,
     tokenizer,
-    task,
+    score: Score,
     objectives: Sequence[str],
     grid: torch.Tensor,
     prompts: Sequence[str],
     *,
+    reference_point: Sequence[float],
     sampling: SamplingParams = GREEDY,
     answers_per_prompt: int = 1,
     max_prompt_tokens: int = 256,
     batch_size: int = 128,
-    reference_point: Sequence[float] | None = None,
     samples_per_point: int = 1,
     answer: Answerer | None = None,
 ) -> Front:
@@ -114,11 +116,9 @@ def evaluate_front(
     answered_at = rows_lam
     if trained_at is not None:
         answered_at = torch.tensor(trained_at, dtype=grid.dtype).expand_as(rows_lam)
-    rows_prompts, answers, scores = _answer_and_score(
+    rows_prompts, answers = _answer(
         model,
         tokenizer,
-        task,
-        objectives,
         list(prompts) * len(grid),
         answered_at,
         sampling,
@@ -127,6 +127,7 @@ def evaluate_front(
         batch_size,
         answer,
     )
+    scores = score(rows_prompts, answers)
     points = scores.reshape(len(grid), per_point, len(objectives)).mean(axis=1)
     samples = [
         {"preference": rows_lam[i].tolist(), "prompt": rows_prompts[i], "answer": answers[i]}
@@ -137,7 +138,7 @@ def evaluate_front(
         tuple(objectives),
         grid.numpy().astype(np.float64),
         points,
-        list(reference_point if reference_point is not None else task.reference_point(objectives)),
+        list(reference_point),
         samples,
     )
 
@@ -145,8 +146,7 @@ def evaluate_front(
 def evaluate_base_point(
     model: nn.Module,
     tokenizer,
-    task,
-    objectives: Sequence[str],
+    score: Score,
     prompts: Sequence[str],
     *,
     sampling: SamplingParams = GREEDY,
@@ -154,13 +154,12 @@ def evaluate_base_point(
     max_prompt_tokens: int = 256,
     batch_size: int = 128,
 ) -> np.ndarray:
-    """The base model's single point (the adapter switched off): what Panacea starts from."""
+    """The base model's single point (the adapter switched off while it answers): what Panacea
+    starts from."""
     with adapter_disabled(model):
-        _, _, scores = _answer_and_score(
+        rows_prompts, answers = _answer(
             model,
             tokenizer,
-            task,
-            objectives,
             prompts,
             None,
             sampling,
@@ -169,14 +168,12 @@ def evaluate_base_point(
             batch_size,
             None,
         )
-    return scores.mean(axis=0)
+    return score(rows_prompts, answers).mean(axis=0)
 
 
-def _answer_and_score(
+def _answer(
     model,
     tokenizer,
-    task,
-    objectives,
     prompts,
     preferences,
     sampling,
@@ -184,8 +181,8 @@ def _answer_and_score(
     max_prompt_tokens,
     batch_size,
     answer,
-) -> tuple[list[str], list[str], np.ndarray]:
-    """(prompt of each row, answer, scores [rows, m]): every prompt answered
+) -> tuple[list[str], list[str]]:
+    """(prompt of each row, its answer): every prompt answered
     `answers_per_prompt` times in a row, at its row of `preferences` (already one per row).
     Row i samples with seed `sampling.seed + i`, wherever it is generated."""
     rows_prompts = [p for p in prompts for _ in range(answers_per_prompt)]
@@ -203,4 +200,4 @@ def _answer_and_score(
         )
     else:
         answers = answer(rows_prompts, preferences, params)
-    return rows_prompts, answers, task.score_batch(rows_prompts, answers, objectives)
+    return rows_prompts, answers

@@ -10,7 +10,7 @@ from orchestrator.config import RunConfig
 from orchestrator.evaluation.front import Front
 from orchestrator.evaluation.metrics import non_dominated
 from orchestrator.evaluation.report import save_figure
-from orchestrator.evaluation.task_front import split_prompts
+from orchestrator.evaluation.run_front import split_prompts
 
 # Each Pareto set: its name in a trial's row, and its two axes, each (metric, sign): the sign
 # turns the axis into one where larger is better.

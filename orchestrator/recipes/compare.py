@@ -35,7 +35,7 @@ from orchestrator.evaluation.answerers import (
 from orchestrator.evaluation.compare_report import LABELS, mean_front, render_table, summarise
 from orchestrator.evaluation.front import Front
 from orchestrator.evaluation.report import plot_fronts, read_front
-from orchestrator.evaluation.task_front import evaluate_on_grid
+from orchestrator.evaluation.run_front import evaluate_on_grid
 from orchestrator.model.adapter_io import load_adapter
 from orchestrator.model.build import build_model
 from orchestrator.model.svd_lora import adapter_parameters

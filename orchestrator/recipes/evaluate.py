@@ -8,7 +8,8 @@ from orchestrator.distributed.generation import pool_for
 from orchestrator.errors import MoaError
 from orchestrator.evaluation.front import Front
 from orchestrator.evaluation.report import write_front
-from orchestrator.evaluation.task_front import evaluate_on_grid
+from orchestrator.evaluation.run_front import evaluate_on_grid
+from orchestrator.evaluation.scorers import Scorers, check_scorers
 from orchestrator.model.loading import resolve_model_path
 from orchestrator.recipes.run_folder import load_trained
 
@@ -24,6 +25,7 @@ def evaluate_folder(
     if bad:
         raise MoaError(f"moa eval only takes eval.* and generation.* overrides; got {bad}")
     cfg, tokenizer, model = load_trained(run_dir, overrides)
+    check_scorers(cfg.scorers)
     out_dir = Path(output_dir or Path(run_dir) / "eval")
     return front_on_pool(cfg, model, tokenizer, out_dir, PANACEA_TITLE), out_dir
 
@@ -38,13 +40,16 @@ def front_on_pool(
     with_base: bool = True,
     progress: bool = True,
 ) -> Front:
-    """The front of `model`'s adapter over the eval grid, answered by a generation pool
-    (`generation.*`) on Ray, with the base model's point unless `with_base` is false; written to
-    `out_dir`."""
+    """The front of `model`'s adapter over the eval grid, answered and scored by a generation
+    pool (`generation.*`) on Ray, with the base model's point unless `with_base` is false;
+    written to `out_dir`."""
     path = resolve_model_path(cfg.model.name_or_path)
     options = {"max_prompt_tokens": cfg.data.max_prompt_tokens}
     with pool_for(model, path, cfg.model.dtype, cfg.generation, **options) as pool:
         answer = pool.answerer(progress=progress)
-        front = evaluate_on_grid(cfg, model, tokenizer, with_base=with_base, answer=answer)
+        score = pool.scorer(Scorers.arguments_for_run(cfg))
+        front = evaluate_on_grid(
+            cfg, model, tokenizer, with_base=with_base, answer=answer, score=score
+        )
     write_front(out_dir, front, title=title)
     return front

@@ -1,11 +1,14 @@
 """What every training recipe checks on the driver before any Ray worker starts: the dataset
-(its objectives, at least one global batch), the model and its context, adapter.init_from. A
+(its objectives, at least one global batch), the model and its context, the scorers,
+adapter.init_from. A
 mistake fails here, with the field named."""
 
 from orchestrator.config import RunConfig
 from orchestrator.data.schema import PairDataset
 from orchestrator.data.sources import load_training_pairs
 from orchestrator.errors import MoaError
+from orchestrator.evaluation.run_front import split_prompts
+from orchestrator.evaluation.scorers import check_scorers
 from orchestrator.model.adapter_io import read_adapter_config
 from orchestrator.model.loading import context_length, load_tokenizer
 from orchestrator.objectives.preference import validate_preference
@@ -36,6 +39,8 @@ def check_training_inputs(cfg: RunConfig, generated: dict[str, int] | None = Non
     answers = {"data.max_response_tokens": cfg.data.max_response_tokens, **(generated or {})}
     if cfg.eval.enabled:
         answers["eval.max_new_tokens"] = cfg.eval.max_new_tokens
+        check_scorers(cfg.scorers)
+        _check_held_out_prompts(cfg)
     _check_context(cfg, answers)
     if cfg.adapter.init_from is not None:
         check_initial_adapter(cfg)
@@ -58,6 +63,20 @@ def check_initial_adapter(cfg: RunConfig) -> None:
             raise MoaError(
                 f"adapter.init_from: the adapter at {cfg.adapter.init_from} has "
                 f"{field}={getattr(saved, field)!r}; this run needs {value!r}"
+            )
+
+
+def _check_held_out_prompts(cfg: RunConfig) -> None:
+    """The front needs test prompts, and selection during training validation prompts."""
+    needed = {"test": "data.test_fraction"}
+    if cfg.eval.every:
+        needed["validation"] = "data.validation_fraction"
+    for split, field in needed.items():
+        if not split_prompts(cfg, split):
+            raise MoaError(
+                f"data: no prompt of the dataset falls in its {split} split ({field} = "
+                f"{getattr(cfg.data, field.removeprefix('data.'))}), which the front needs; "
+                f"raise {field} or set eval.enabled: false"
             )
 
 

@@ -25,7 +25,6 @@ import math
 import shutil
 import time
 from dataclasses import dataclass, replace
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +47,7 @@ from orchestrator.distributed.generation import GenerationRequest, pool_for
 from orchestrator.errors import MoaError
 from orchestrator.evaluation.front import Front
 from orchestrator.evaluation.report import plot_fronts, read_front
+from orchestrator.evaluation.scorers import Scorers, check_scorers
 from orchestrator.evaluation.sipo_report import front_stats, render_sipo_report
 from orchestrator.model.adapter_io import ADAPTER_CONFIG, load_adapter
 from orchestrator.model.generate import SamplingParams
@@ -119,6 +119,8 @@ def _check_inputs(cfg: RunConfig) -> PairDataset:
             )
     if not conflicting_pairs(dataset):
         raise MoaError("data: the dataset has no conflicting pairs, so SIPO has nothing to improve")
+    if cfg.sipo.judge == "reward_models":
+        check_scorers(cfg.sipo.reward_models, "sipo.reward_models")
     return dataset
 
 
@@ -311,15 +313,11 @@ class SIPORounds:
             )
         if sipo.judge == "ground_truth":
             return AssistantTask(seed=data.seed).score_batch(prompts, responses, self.objectives)
-        return self._reward_models.score(prompts, responses)
-
-    @cached_property
-    def _reward_models(self):
-        from orchestrator.rewards.reward_models import RewardModels
-
-        return RewardModels(
-            self.cfg.sipo.reward_models, self.objectives, device=self.cfg.model.device
-        )
+        judges = {name: sipo.reward_models[name] for name in self.objectives}
+        # The candidates, and the pair's own responses they are compared with.
+        longest = max(sipo.max_new_tokens, data.max_response_tokens)
+        arguments = Scorers.arguments_for_run(self.cfg, judges, longest)
+        return pool.scorer(arguments, progress=self.progress)(prompts, responses)
 
     def realign(self, round_dir: Path, start: Path, new_pairs: PairDataset) -> tuple[Path, dict]:
         """Re-align on the new pairs through Ray Train, anchored on `start`: (the adapter, the

@@ -32,7 +32,7 @@ from orchestrator.distributed.logprobs import frozen_logprobs
 from orchestrator.evaluation.answerers import grouped_answerer, one_model
 from orchestrator.evaluation.front import Front
 from orchestrator.evaluation.report import write_front
-from orchestrator.evaluation.task_front import evaluate_on_grid
+from orchestrator.evaluation.run_front import evaluate_on_grid
 from orchestrator.model.build import build_model
 from orchestrator.recipes.baselines import expert_config, model_config
 from orchestrator.recipes.inputs import check_training_inputs

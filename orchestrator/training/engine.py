@@ -152,6 +152,10 @@ class DeepSpeedEngine(LocalEngine):
 
         super().__init__(model, cfg, weights)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        # On the CPU accelerator, init_distributed JIT-compiles a shared-memory all-reduce op
+        # (about 40 s, again whenever the compile flags of two processes differ) that only
+        # DeepSpeed inference calls; training reduces through the process group either way.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend=dist.get_backend())
         self.module, *_ = deepspeed.initialize(
             model=model,

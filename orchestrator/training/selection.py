@@ -8,7 +8,7 @@ from pathlib import Path
 
 from orchestrator.atomic import atomic_directory
 from orchestrator.config import RunConfig
-from orchestrator.evaluation.task_front import evaluate_on_grid
+from orchestrator.evaluation.run_front import evaluate_on_grid
 from orchestrator.model.adapter_io import save_adapter
 
 BEST = "best"

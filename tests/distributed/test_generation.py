@@ -120,3 +120,32 @@ def test_implicit_rewards_on_the_actors_equal_the_offline_ones(pool, steerable, 
     assert rewards.shape == (20, 2)
     assert abs(rewards - expected).max() < 1e-5
     assert abs(rewards).min() > 0  # the adapter moved every response's likelihood
+
+
+def test_scores_on_the_actors_equal_the_scorers_in_this_process(
+    pool, steerable, tokenizer, tiny_base_dir, tmp_path
+):
+    from orchestrator.config.sections import RewardModelScorer
+    from orchestrator.evaluation.scorers import Scorers
+    from orchestrator.model.reward_model import build_reward_model, save_reward_model
+
+    reward = build_reward_model(
+        str(tiny_base_dir), ["helpful", "harmless"], False, tokenizer.pad_token_id, "float32"
+    )
+    save_reward_model(reward, tokenizer, tmp_path / "rm")
+    pool.publish(steerable)
+    arguments = {
+        "scorers": {
+            "helpful": "implicit",
+            "harmless": RewardModelScorer(model=str(tmp_path / "rm"), head=1, sign=-1),
+        },
+        "implicit_beta": 0.2,
+        "batch_size": 8,
+    }
+    prompts = [p for p in PROMPTS for _ in range(5)]  # 20 rows: three chunks of up to 8
+    responses = [f"Step {i}: wash it, then dry it well." for i in range(len(prompts))]
+    scores = pool.scorer(arguments)(prompts, responses)
+    expected = Scorers(**arguments, policy=(steerable, tokenizer))(prompts, responses)
+    assert scores.shape == (20, 2)
+    assert abs(scores - expected).max() < 1e-5
+    assert len(set(scores[:, 1].round(6))) > 1  # the reward model tells the responses apart

@@ -13,17 +13,15 @@ from orchestrator.evaluation.report import write_front
 from orchestrator.model.svd_lora import inject_svd_lora
 
 
-class LambdaEchoTask:
+def echo_score(prompts, answers):
     """Scores an answer "w1 w2" (the weights the fake generator echoed) as (w1, 2·w2)."""
+    scores = [[float(x) for x in answer.split()] for answer in answers]
+    return np.array([[s[0], 2 * s[1]] for s in scores]) + np.array(
+        [[0.01 * int(p[-1]), 0.0] for p in prompts]
+    )
 
-    def score_batch(self, prompts, answers, objectives):
-        scores = [[float(x) for x in answer.split()] for answer in answers]
-        return np.array([[s[0], 2 * s[1]] for s in scores]) + np.array(
-            [[0.01 * int(p[-1]), 0.0] for p in prompts]
-        )
 
-    def reference_point(self, objectives):
-        return [0.0, 0.0]
+ORIGIN = {"reference_point": [0.0, 0.0]}
 
 
 def test_front_averages_each_lambda_over_its_prompts(monkeypatch):
@@ -32,7 +30,7 @@ def test_front_averages_each_lambda_over_its_prompts(monkeypatch):
 
     monkeypatch.setattr(front_module, "generate", fake_generate)
     grid = torch.tensor([[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]])
-    front = evaluate_front(None, None, LambdaEchoTask(), ("a", "b"), grid, ["p1", "p2", "p3"])
+    front = evaluate_front(None, None, echo_score, ("a", "b"), grid, ["p1", "p2", "p3"], **ORIGIN)
     # Point i = mean over prompts of (λ_1 + 0.01·k, 2·λ_2): prompt offsets 0.01, 0.02, 0.03.
     expected = np.array([[0.02, 2.0], [0.52, 1.0], [1.02, 0.0]])
     assert np.allclose(front.points, expected)
@@ -58,12 +56,14 @@ def test_a_model_trained_at_one_lambda_answers_every_row_at_it():
 
     fixed = inject_svd_lora(nn.Sequential(nn.Linear(4, 4)), 2, rank=2, trained_at=[0.25, 0.75])
     grid = torch.tensor([[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]], dtype=torch.float64)
-    front = evaluate_front(fixed, None, LambdaEchoTask(), ("a", "b"), grid, ["p1"], answer=answer)
+    front = evaluate_front(
+        fixed, None, echo_score, ("a", "b"), grid, ["p1"], answer=answer, **ORIGIN
+    )
     assert asked[0].tolist() == [[0.25, 0.75]] * 3
     assert np.allclose(front.points, [[0.26, 1.5]] * 3)
     assert front.preferences.tolist() == grid.tolist()
     steerable = inject_svd_lora(nn.Sequential(nn.Linear(4, 4)), 2, rank=2)
-    evaluate_front(steerable, None, LambdaEchoTask(), ("a", "b"), grid, ["p1"], answer=answer)
+    evaluate_front(steerable, None, echo_score, ("a", "b"), grid, ["p1"], answer=answer, **ORIGIN)
     assert asked[1].tolist() == grid.tolist()
 
 
@@ -130,10 +130,11 @@ def test_sampled_front_answers_each_prompt_several_times(monkeypatch):
     front = evaluate_front(
         None,
         None,
-        LambdaEchoTask(),
+        echo_score,
         ("a", "b"),
         grid,
         ["p1", "p2"],
+        **ORIGIN,
         sampling=sampling,
         answers_per_prompt=2,
     )

@@ -204,7 +204,7 @@ def test_initial_adapter_of_another_shape(capsys, config_file, run_dir, tmp_path
     [
         (["sipo.judge=reward_models"], ["sipo", "needs reward_models"]),
         (
-            ["sipo.judge=reward_models", "sipo.reward_models={helpful: some/model}"],
+            ["sipo.judge=reward_models", "sipo.reward_models={helpful: {model: some/model}}"],
             ["sipo.reward_models", "one model for each objective"],
         ),
         (["sipo.judge=oracle"], ["sipo.judge", "'oracle'"]),

@@ -22,8 +22,8 @@ from orchestrator.config import load_config
 from orchestrator.distributed import tune as tune_module
 from orchestrator.distributed.tune import tune_config
 from orchestrator.errors import MoaError
+from orchestrator.evaluation.run_front import evaluate_on_grid
 from orchestrator.evaluation.sweep_report import best_trial, mark_pareto_sets
-from orchestrator.evaluation.task_front import evaluate_on_grid
 from orchestrator.recipes import run_folder
 from orchestrator.recipes.sweep import run_sweep
 from orchestrator.training.metrics_log import read_metrics

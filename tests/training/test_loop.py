@@ -10,7 +10,7 @@ import pytest
 from orchestrator.config import load_config
 from orchestrator.data.assistant_task import AssistantTask
 from orchestrator.data.sources import load_training_pairs
-from orchestrator.evaluation.task_front import evaluate_on_grid
+from orchestrator.evaluation.run_front import evaluate_on_grid
 from orchestrator.model.adapter_io import read_adapter_config
 from orchestrator.training import selection
 from orchestrator.training.loop import train_rank
