@@ -74,3 +74,27 @@ def test_realignment_trains_each_pair_at_its_candidates_lambda_or_samples_one(
     step = steps(f"sipo.realign_at={realign_at}")
     cfg = realign_config(step.cfg, tmp_path / "train", tmp_path / "start", num_pairs=20)
     assert cfg.train.preference_per_pair is per_pair
+
+
+def test_reward_model_judges_score_on_the_pool_in_objective_order(steps):
+    """The pool scores with the configured judges, objectives in data order, with room for the
+    longer of the candidates and the pair's own responses."""
+    asked = []
+
+    class ScoringPool:
+        def scorer(self, arguments, progress=False):
+            asked.append(arguments)
+            return lambda prompts, responses: np.ones((len(prompts), 2))
+
+    step = steps(
+        "sipo.judge=reward_models",
+        "sipo.reward_models={harmless: {model: cost, sign: -1}, helpful: {model: rm}}",
+        "sipo.max_new_tokens=40",
+        "data.max_response_tokens=64",
+    )
+    assert step._judge(ScoringPool(), ["Q0"], ["draft"]).shape == (1, 2)
+    [arguments] = asked
+    judges = arguments["scorers"]
+    assert list(judges) == OBJECTIVES
+    assert (judges["helpful"].model, judges["harmless"].sign) == ("rm", -1)
+    assert arguments["max_response_tokens"] == 65
