@@ -40,20 +40,19 @@ def evaluate_on_grid(
     model,
     tokenizer,
     divisions: int | None = None,
-    num_prompts: int | None = None,
+    prompts: list[str] | None = None,
     with_base: bool = True,
     answer: Answerer | None = None,
-    split: str = "test",
     score: Score | None = None,
 ) -> Front:
-    """The front over the λ grid of `divisions` (default eval.grid_divisions) on the first
-    `num_prompts` (default eval.num_prompts) prompts of `split` ("test" for the reported fronts,
-    "validation" to select models), with the base model's point unless `with_base` is false.
-    `answer`: where the grid is generated, `score`: where it is scored (default: `model` and the
-    run's scorers, here; a generation pool's answerer() and scorer() spread both over actors)."""
+    """The front over the λ grid of `divisions` (default eval.grid_divisions) on `prompts`
+    (default: split_prompts(cfg, "test"), the reported fronts'; selection passes validation
+    prompts), with the base model's point unless `with_base` is false. `answer`: where the grid
+    is generated, `score`: where it is scored (default: `model` and the run's scorers, here; a
+    generation pool's answerer() and scorer() spread both over actors)."""
     ev = cfg.eval
     objectives = cfg.data.objectives
-    prompts = split_prompts(cfg, split, num_prompts)
+    prompts = prompts if prompts is not None else split_prompts(cfg, "test")
     score = score or Scorers.for_run(cfg, policy=(model, tokenizer))
     sampling = SamplingParams(
         max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, top_p=ev.top_p, seed=ev.seed

@@ -58,6 +58,7 @@ class Scorers:
         self.classifiers = {
             path: Classifier(path, device, **self.lengths) for path, _ in self.heads.values()
         }
+        self.task = AssistantTask()  # ground truth: a pure function of (prompt, response)
 
     @staticmethod
     def arguments_for_run(
@@ -90,7 +91,7 @@ class Scorers:
         columns = []
         for i, (name, scorer) in enumerate(self.scorers.items()):
             if scorer == "ground_truth":
-                columns.append(AssistantTask().score_batch(prompts, responses, [name])[:, 0])
+                columns.append(self.task.score_batch(prompts, responses, [name])[:, 0])
             elif scorer == "implicit":
                 columns.append(implicit[:, i])  # the adapter's objectives are in this order
             else:

@@ -25,9 +25,10 @@ def classifier_head(spec: RewardModelScorer, field: str) -> tuple[str, int]:
     from the model's config alone. A `moa reward` folder of one model per objective resolves to
     the subfolder its head names. Errors name `field` (e.g. eval.scorers.harmless)."""
     path, head = spec.model, spec.head
-    layout = Path(path) / LAYOUT
-    if layout.is_file() and json.loads(layout.read_text())["per_objective"]:
-        objectives = json.loads(layout.read_text())["objectives"]
+    layout_file = Path(path) / LAYOUT
+    layout = json.loads(layout_file.read_text()) if layout_file.is_file() else {}
+    if layout.get("per_objective"):
+        objectives = layout["objectives"]
         if head not in objectives:
             raise MoaError(
                 f"{field}.head: {path} holds one reward model per objective {objectives}; "

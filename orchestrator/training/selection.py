@@ -8,7 +8,8 @@ from pathlib import Path
 
 from orchestrator.atomic import atomic_directory
 from orchestrator.config import RunConfig
-from orchestrator.evaluation.run_front import evaluate_on_grid
+from orchestrator.evaluation.run_front import evaluate_on_grid, split_prompts
+from orchestrator.evaluation.scorers import Scorers
 from orchestrator.model.adapter_io import save_adapter
 
 BEST = "best"
@@ -20,6 +21,9 @@ class BestAdapter:
         self.best_dir = run_dir / BEST
         best = self.best_dir / "best.json"
         self.best = json.loads(best.read_text())["hypervolume"] if best.is_file() else float("-inf")
+        # Once per run: the test prompts only measure the model that was chosen.
+        self.prompts = split_prompts(cfg, "validation", cfg.eval.coarse_num_prompts)
+        self.score = Scorers.for_run(cfg, policy=(model, tokenizer))
 
     def evaluate(self, step: int) -> dict:
         """The coarse front's metrics at `step` (logged with the step); a better adapter than the
@@ -31,9 +35,9 @@ class BestAdapter:
             self.model,
             self.tokenizer,
             ev.coarse_grid_divisions,
-            ev.coarse_num_prompts,
+            self.prompts,
             with_base=False,
-            split="validation",  # the test prompts only measure the model that was chosen
+            score=self.score,
         )
         metrics = front.metrics()
         hypervolume = metrics["hypervolume"]

@@ -222,7 +222,7 @@ def test_the_chosen_model_is_measured_on_the_test_prompts(sweep):
     trial_cfg, tokenizer, model = run_folder.load_trained(
         result.out_dir / result.best["run_dir"], best=True
     )
-    here = evaluate_on_grid(trial_cfg, model, tokenizer, with_base=False, split="test")
+    here = evaluate_on_grid(trial_cfg, model, tokenizer, with_base=False)
     assert result.test_front.points == pytest.approx(here.points, abs=1e-9)
     saved = json.loads((result.out_dir / "best_front" / "front.json").read_text())
     assert [p["preference"] for p in saved["points"]] == here.preferences.tolist()
