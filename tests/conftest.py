@@ -1,6 +1,7 @@
 """Fixtures shared by several test folders."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -399,3 +400,71 @@ def ray_session(ray_head):
     ray.init(address=ray_head.gcs_address, log_to_driver=False)
     yield ray_head
     ray.shutdown()
+
+
+@dataclasses.dataclass(frozen=True)
+class RealPath:
+    """A user's own data and reward models (README, "Your own data"): the built-in task's pairs
+    in PKU-SafeRLHF's columns in a parquet file, and reward models `moa reward` trained on it."""
+
+    data: Path
+    reward_models: Path  # the run's reward_model/: one backbone, a head per objective
+    reference_point: tuple[float, float] = (-10.0, -10.0)
+
+    @property
+    def overrides(self) -> list[str]:
+        """A run on the file, its fronts scored by the reward models."""
+        scorers = ", ".join(f"{o}: {{model: {self.reward_models}, head: {o}}}" for o in OBJECTIVES)
+        return [
+            "data.source=pku_saferlhf",
+            f"data.path={self.data}",
+            f"eval.scorers={{{scorers}}}",
+            f"eval.reference_point={list(self.reference_point)}",
+        ]
+
+
+OBJECTIVES = ("helpful", "harmless")
+
+
+def write_pku_file(path: Path) -> int:
+    """The built-in task's pairs on all its prompts, without the ties PKU-SafeRLHF cannot hold,
+    as a PKU-SafeRLHF parquet file; returns its rows."""
+    import datasets
+
+    from orchestrator.data.assistant_task import AssistantTask
+    from orchestrator.data.pku_saferlhf import pku_saferlhf_rows
+    from orchestrator.data.schema import SPLITS, PairDataset
+
+    task = AssistantTask(seed=0)
+    pairs = [
+        pair
+        for split, count in zip(SPLITS, (240, 40, 40), strict=True)
+        for pair in task.preference_pairs(count, OBJECTIVES, split=split)
+        if 0 not in pair.signs(OBJECTIVES)
+    ]
+    rows = pku_saferlhf_rows(PairDataset(OBJECTIVES, pairs))
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    return len(rows)
+
+
+@pytest.fixture(scope="session")
+def real_path(tiny_base_dir, ray_session, tmp_path_factory):
+    """The real path's data and reward models, written and trained (`moa reward` on Ray Train,
+    from a YAML file as a user runs it) once per session."""
+    import yaml
+
+    from orchestrator.cli import main
+
+    root = tmp_path_factory.mktemp("real-path")
+    data = root / "pku.parquet"
+    assert write_pku_file(data) > 150
+    config = {
+        "model": {"name_or_path": str(tiny_base_dir)},
+        "data": {"source": "pku_saferlhf", "path": str(data), "objectives": list(OBJECTIVES)},
+        "train": {"max_steps": 8, "batch_size": 8, "learning_rate": 1e-3},
+        "logging": {"tensorboard": False, "mlflow": False},
+        "output_dir": str(root / "reward"),
+    }
+    (root / "reward.yaml").write_text(yaml.safe_dump(config))
+    assert main(["reward", str(root / "reward.yaml")]) == 0
+    return RealPath(data, root / "reward" / "reward_model")

@@ -96,7 +96,7 @@ def test_errors_are_one_line_and_exit_2(capsys, tmp_path):
     assert main(["compare", out, "compare.methods=[sipo, dps]"]) == 2
     assert "sipo starts from panacea_ls" in capsys.readouterr().err
     assert main(["compare", out, "eval.enabled=false"]) == 2
-    assert "needs data.source: assistant and eval.enabled: true" in capsys.readouterr().err
+    assert "it needs eval.enabled: true" in capsys.readouterr().err
     assert main(["spo", out, "spo.order=[helpful, helpful]"]) == 2
     assert "spo.order must list each objective" in capsys.readouterr().err
     assert not (tmp_path / "compare").exists()  # nothing half-written

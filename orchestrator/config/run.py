@@ -135,26 +135,14 @@ class RunConfig(Section):
         return {name: self.eval.scorers.get(name, "ground_truth") for name in self.data.objectives}
 
     def _check_scorers(self) -> None:
+        """What the config alone says of eval.scorers; whether a scorer fits the data and loads
+        is checked when a run that evaluates starts (evaluation.scorers.check_scorers)."""
         objectives = self.data.objectives
         unknown = sorted(set(self.eval.scorers) - set(objectives))
         if unknown:
             raise ValueError(
                 f"eval.scorers names {unknown}, not among data.objectives {objectives}"
             )
-        builtin = self.data.source == "assistant"
-        for name, scorer in self.scorers.items():
-            if scorer == "ground_truth" and not builtin:
-                problem = (
-                    f"eval.scorers.{name}: ground_truth needs the built-in task (data.source: "
-                    "assistant)"
-                    if name in self.eval.scorers
-                    else f"objective {name!r} has no scorer (eval.scorers.{name})"
-                )
-                raise ValueError(
-                    f"{problem}; data.source {self.data.source!r} has no ground truth: set "
-                    f"eval.scorers.{name} to a reward model ({{model: PATH}}) or implicit, or set "
-                    "eval.enabled: false"
-                )
         if self.eval.reference_point is None and set(self.scorers.values()) != {"ground_truth"}:
             raise ValueError(
                 "eval.reference_point is needed when a scorer is not ground truth: one value "

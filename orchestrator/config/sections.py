@@ -44,8 +44,10 @@ class RewardSection(Section):
 
 
 class DataSection(Section):
-    source: Literal["assistant", "pku_saferlhf", "jsonl"] = "assistant"
-    path: str | None = None  # hub id or file for pku_saferlhf; the file for jsonl
+    source: Literal["assistant", "pku_saferlhf", "helpsteer2", "jsonl"] = "assistant"
+    # A hub id or a local file or folder for pku_saferlhf and helpsteer2 (default: the hub's
+    # dataset); the pairs file for jsonl. HelpSteer2's objectives are its attribute columns.
+    path: str | None = None
     objectives: list[str] = ["helpful", "harmless"]
     num_pairs: Count = 2000  # built-in task only
     conflict_fraction: Probability = 0.5  # built-in task only

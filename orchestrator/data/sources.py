@@ -1,9 +1,17 @@
 """The training pairs a run's data section names, in the canonical schema."""
 
 from orchestrator.config.sections import DataSection
+from orchestrator.data import helpsteer2, pku_saferlhf
 from orchestrator.data.assistant_task import AssistantTask
-from orchestrator.data.pku_saferlhf import load_pku_saferlhf
 from orchestrator.data.schema import PairDataset
+
+
+def dataset_name(cfg: DataSection) -> str:
+    """How reports name the data: "the built-in task", or its hub id or file."""
+    if cfg.source == "assistant":
+        return "the built-in task"
+    defaults = {"pku_saferlhf": pku_saferlhf.HUB_ID, "helpsteer2": helpsteer2.HUB_ID}
+    return cfg.path or defaults[cfg.source]
 
 
 def load_training_pairs(cfg: DataSection) -> PairDataset:
@@ -18,7 +26,9 @@ def load_pairs(cfg: DataSection, split: str, num_pairs: int | None = None) -> Pa
         count = num_pairs or cfg.num_pairs
         return task.preference_pairs(count, cfg.objectives, cfg.conflict_fraction, split=split)
     if cfg.source == "pku_saferlhf":
-        dataset = load_pku_saferlhf(cfg.path or "PKU-Alignment/PKU-SafeRLHF")
+        dataset = pku_saferlhf.load_pku_saferlhf(dataset_name(cfg))
+    elif cfg.source == "helpsteer2":
+        dataset = helpsteer2.load_helpsteer2(dataset_name(cfg), tuple(cfg.objectives))
     else:
         dataset = PairDataset.load_jsonl(cfg.path)
     selected = dataset.select_objectives(cfg.objectives)

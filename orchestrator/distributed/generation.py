@@ -33,7 +33,6 @@ from orchestrator.model.adapter_io import (
 )
 from orchestrator.model.generate import SamplingParams, generate_ids
 from orchestrator.model.svd_lora import SVDLoRAConfig, svd_lora_config
-from orchestrator.rewards.implicit import implicit_rewards
 
 ACTOR_FAILURES = RayActorError  # died, or unavailable while Ray restarts it
 RESTART_PAUSE_S = 1.0  # an actor that failed gets no chunks for this long
@@ -105,23 +104,6 @@ class GenerationWorker:
         )
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return [GenerationResult(t, len(i), self.version) for t, i in zip(texts, ids, strict=True)]
-
-    def implicit_rewards(self, rows: list[tuple], adapter: list) -> list[list[float]]:
-        """[m] implicit rewards of each (prompt, response, β, max prompt tokens, max response
-        tokens) row, with the adapter `adapter` names (see _use)."""
-        self._use(adapter)
-        prompts, responses, betas, max_prompt, max_response = zip(*rows, strict=True)
-        rewards = implicit_rewards(
-            self.model,
-            self.tokenizer,
-            prompts,
-            responses,
-            beta=betas[0],
-            max_prompt_tokens=max_prompt[0],
-            max_response_tokens=max_response[0],
-            batch_size=self.batch_size,
-        )
-        return rewards.tolist()
 
     def score(self, rows: list[tuple[str, str]], adapter: list, scorers: tuple) -> list:
         """[m] scores of each (prompt, response) row by `scorers` = (key, Scorers arguments),
@@ -210,27 +192,6 @@ class GenerationPool:
             on_progress=on_progress,
             tokens=lambda answer: answer.tokens,
         )
-
-    def implicit_rewards(
-        self,
-        prompts: Sequence[str],
-        responses: Sequence[str],
-        *,
-        beta: float,
-        max_prompt_tokens: int = 256,
-        max_response_tokens: int = 512,
-        progress: bool = False,
-    ) -> np.ndarray:
-        """[N, m] implicit rewards β(log π_{e_i} − log π_ref) of each (prompt, response) under
-        the latest adapter (rewards.implicit.implicit_rewards), computed on the actors."""
-        rows = [
-            (prompt, response, beta, max_prompt_tokens, max_response_tokens)
-            for prompt, response in zip(prompts, responses, strict=True)
-        ]
-        if not rows:
-            return np.zeros((0, self.num_objectives))
-        rewards = self._map("implicit_rewards", rows, desc="implicit rewards", progress=progress)
-        return np.array(rewards, dtype=np.float64)
 
     def scorer(self, arguments: dict, progress: bool = False):
         """`score(prompts, responses)` → [N, m] by the Scorers of `arguments`

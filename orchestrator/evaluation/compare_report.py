@@ -6,6 +6,7 @@ import statistics
 import numpy as np
 
 from orchestrator.config import RunConfig
+from orchestrator.data.sources import dataset_name
 from orchestrator.evaluation.front import Front
 from orchestrator.evaluation.run_front import split_prompts
 
@@ -52,7 +53,7 @@ def render_table(table: list[dict], cfg: RunConfig) -> str:
     lines = [
         "# Method comparison",
         "",
-        f"Built-in task, objectives {cfg.data.objectives}; every model trained "
+        f"Data: {dataset_name(cfg.data)}, objectives {cfg.data.objectives}; every model trained "
         f"{cfg.train.max_steps} steps of {cfg.global_batch} pairs; λ grid of "
         f"{cfg.compare.grid_divisions} divisions, {len(split_prompts(cfg, 'test'))} test "
         "prompts per λ; "

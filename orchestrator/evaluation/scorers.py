@@ -15,9 +15,30 @@ from orchestrator.rewards.implicit import implicit_rewards
 from orchestrator.rewards.reward_models import Classifier, classifier_head
 
 
-def check_scorers(scorers: Mapping[str, Scorer], field: str = "eval.scorers") -> None:
-    """Every reward-model scorer names a loadable classifier and one of its outputs (read from
-    its config alone): run on the driver before any worker starts."""
+def check_scorers(cfg: RunConfig) -> None:
+    """cfg.scorers fit a run that evaluates fronts: ground truth only on the built-in task, and
+    every reward model loadable. Run on the driver before any worker starts."""
+    if cfg.data.source != "assistant":
+        for name, scorer in cfg.scorers.items():
+            if scorer != "ground_truth":
+                continue
+            problem = (
+                f"eval.scorers.{name}: ground_truth needs the built-in task (data.source: "
+                "assistant)"
+                if name in cfg.eval.scorers
+                else f"objective {name!r} has no scorer (eval.scorers.{name})"
+            )
+            raise MoaError(
+                f"{problem}; data.source {cfg.data.source!r} has no ground truth: set "
+                f"eval.scorers.{name} to a reward model ({{model: PATH}}) or implicit, or set "
+                "eval.enabled: false"
+            )
+    check_reward_models(cfg.scorers, "eval.scorers")
+
+
+def check_reward_models(scorers: Mapping[str, Scorer], field: str) -> None:
+    """Every reward-model scorer of `scorers` (the config field `field`) names a loadable
+    classifier and one of its outputs, read from its config alone."""
     for name, scorer in scorers.items():
         if isinstance(scorer, RewardModelScorer):
             classifier_head(scorer, f"{field}.{name}")

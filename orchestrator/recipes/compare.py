@@ -25,6 +25,7 @@ from orchestrator.algorithms.soups import expert_deltas
 from orchestrator.atomic import atomic_write_text
 from orchestrator.config import RunConfig, with_fields
 from orchestrator.data.schema import PairDataset
+from orchestrator.data.sources import dataset_name
 from orchestrator.errors import MoaError
 from orchestrator.evaluation.answerers import (
     grouped_answerer,
@@ -72,10 +73,13 @@ class CompareResult:
 
 
 def run_compare(cfg: RunConfig, *, progress: bool = True, overwrite: bool = False) -> CompareResult:
-    if cfg.data.source != "assistant" or not cfg.eval.enabled:
+    if not cfg.eval.enabled:
+        raise MoaError("compare evaluates every method's front: it needs eval.enabled: true")
+    implicit = [name for name, scorer in cfg.scorers.items() if scorer == "implicit"]
+    if implicit:
         raise MoaError(
-            "compare evaluates every method with the built-in task's scorers: it needs "
-            "data.source: assistant and eval.enabled: true"
+            f"eval.scorers {implicit}: compare scores every method with the same judges, and an "
+            "implicit reward is each model's own; use a reward model or ground truth"
         )
     if "sipo" in cfg.compare.methods and "panacea_ls" not in cfg.compare.methods:
         raise MoaError("compare.methods: sipo starts from panacea_ls; list both")
@@ -96,7 +100,7 @@ def run_compare(cfg: RunConfig, *, progress: bool = True, overwrite: bool = Fals
     plot_fronts(
         out / "fronts.png",
         fronts,
-        f"Fronts on the built-in task (mean of {len(cfg.compare.seeds)} seeds)",
+        f"Fronts on {dataset_name(cfg.data)} (mean of {len(cfg.compare.seeds)} seeds)",
     )
     atomic_write_text(out / "report.md", render_table(table, cfg))
     return CompareResult(out, results, table)

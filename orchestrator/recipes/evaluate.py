@@ -25,7 +25,7 @@ def evaluate_folder(
     if bad:
         raise MoaError(f"moa eval only takes eval.* and generation.* overrides; got {bad}")
     cfg, tokenizer, model = load_trained(run_dir, overrides)
-    check_scorers(cfg.scorers)
+    check_scorers(cfg)
     out_dir = Path(output_dir or Path(run_dir) / "eval")
     return front_on_pool(cfg, model, tokenizer, out_dir, PANACEA_TITLE), out_dir
 

@@ -39,7 +39,7 @@ def check_training_inputs(cfg: RunConfig, generated: dict[str, int] | None = Non
     answers = {"data.max_response_tokens": cfg.data.max_response_tokens, **(generated or {})}
     if cfg.eval.enabled:
         answers["eval.max_new_tokens"] = cfg.eval.max_new_tokens
-        check_scorers(cfg.scorers)
+        check_scorers(cfg)
         _check_held_out_prompts(cfg)
     _check_context(cfg, answers)
     if cfg.adapter.init_from is not None:

@@ -18,7 +18,7 @@ import torch
 
 from orchestrator.algorithms.reward_model import correct_orders, pair_rewards
 from orchestrator.atomic import atomic_write_text
-from orchestrator.config import RunConfig
+from orchestrator.config import RunConfig, with_fields
 from orchestrator.data.encoding import collate_pairs, encode_pairs
 from orchestrator.data.schema import PairDataset
 from orchestrator.data.sources import load_pairs
@@ -68,7 +68,8 @@ def resume_reward(run_dir: str | Path, *, progress: bool = True) -> RewardResult
 def check_reward_inputs(cfg: RunConfig) -> tuple[PairDataset, PairDataset]:
     """(training pairs, test pairs), once the inputs are checked: each objective needs pairs
     that are not ties in both."""
-    pairs = check_training_inputs(cfg)
+    # A reward run is measured by its pairwise accuracy, not by a front: eval.* play no part.
+    pairs = check_training_inputs(with_fields(cfg, {"eval.enabled": False}))
     try:
         held_out = load_pairs(cfg.data, "test", cfg.reward.held_out_pairs)
     except MoaError as err:

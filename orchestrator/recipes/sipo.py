@@ -47,7 +47,7 @@ from orchestrator.distributed.generation import GenerationRequest, pool_for
 from orchestrator.errors import MoaError
 from orchestrator.evaluation.front import Front
 from orchestrator.evaluation.report import plot_fronts, read_front
-from orchestrator.evaluation.scorers import Scorers, check_scorers
+from orchestrator.evaluation.scorers import Scorers, check_reward_models
 from orchestrator.evaluation.sipo_report import front_stats, render_sipo_report
 from orchestrator.model.adapter_io import ADAPTER_CONFIG, load_adapter
 from orchestrator.model.generate import SamplingParams
@@ -120,7 +120,7 @@ def _check_inputs(cfg: RunConfig) -> PairDataset:
     if not conflicting_pairs(dataset):
         raise MoaError("data: the dataset has no conflicting pairs, so SIPO has nothing to improve")
     if cfg.sipo.judge == "reward_models":
-        check_scorers(cfg.sipo.reward_models, "sipo.reward_models")
+        check_reward_models(cfg.sipo.reward_models, "sipo.reward_models")
     return dataset
 
 
@@ -302,21 +302,15 @@ class SIPORounds:
     def _judge(self, pool, prompts: list[str], responses: list[str]) -> np.ndarray:
         """[N, m] each judge's reward of each response."""
         sipo, data = self.cfg.sipo, self.cfg.data
-        if sipo.judge == "implicit":
-            return pool.implicit_rewards(
-                prompts,
-                responses,
-                beta=sipo.judge_beta,
-                max_prompt_tokens=data.max_prompt_tokens,
-                max_response_tokens=data.max_response_tokens,
-                progress=self.progress,
-            )
         if sipo.judge == "ground_truth":
             return AssistantTask(seed=data.seed).score_batch(prompts, responses, self.objectives)
-        judges = {name: sipo.reward_models[name] for name in self.objectives}
-        # The candidates, and the pair's own responses they are compared with.
-        longest = max(sipo.max_new_tokens, data.max_response_tokens)
+        if sipo.judge == "implicit":  # the current adapter's own rewards, β = sipo.judge_beta
+            judges, longest = dict.fromkeys(self.objectives, "implicit"), data.max_response_tokens
+        else:  # room for the candidates and the pair's own responses they are compared with
+            judges = {name: sipo.reward_models[name] for name in self.objectives}
+            longest = max(sipo.max_new_tokens, data.max_response_tokens)
         arguments = Scorers.arguments_for_run(self.cfg, judges, longest)
+        arguments["implicit_beta"] = sipo.judge_beta
         return pool.scorer(arguments, progress=self.progress)(prompts, responses)
 
     def realign(self, round_dir: Path, start: Path, new_pairs: PairDataset) -> tuple[Path, dict]:

@@ -113,7 +113,7 @@ def check_sweep(cfg: RunConfig) -> None:
     if not (ev.enabled and ev.every > 0):
         raise MoaError(
             "a sweep compares trials by the hypervolume of their fronts during training: it "
-            "needs data.source: assistant, eval.enabled: true and eval.every > 0"
+            "needs eval.enabled: true and eval.every > 0"
         )
     if cfg.tune.scheduler == "asha" and cfg.tune.grace_period >= largest(cfg, "train.max_steps"):
         raise MoaError(

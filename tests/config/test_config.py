@@ -41,7 +41,6 @@ def test_yaml_file_and_dotted_overrides(tmp_path):
         (["data.objectives=[helpful]"], "at least two distinct names"),
         (["model.device=gpu"], "field 'model.device'"),
         (["data.source=jsonl"], "needs data.path"),
-        (["data.source=pku_saferlhf"], "set eval.enabled: false"),
         (["train.objective=funny"], "train.objective 'funny' is not one of"),
         (["train.preference=[0.5, 0.6]"], "train.preference: preference weights must sum to 1"),
         (["train.preference=[1.0]"], r"train.preference: preference must have shape \[2\]"),

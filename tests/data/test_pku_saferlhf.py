@@ -5,7 +5,8 @@ import datasets
 import huggingface_hub.constants
 import pytest
 
-from orchestrator.data.pku_saferlhf import load_pku_saferlhf
+from orchestrator.data.pku_saferlhf import load_pku_saferlhf, pku_saferlhf_rows
+from orchestrator.data.schema import PairDataset, PreferencePair
 from orchestrator.errors import MoaError
 
 # (better_response_id, safer_response_id) per row: rows 1 and 2 are conflicting.
@@ -79,13 +80,6 @@ def test_maps_each_row(jsonl):
 
 def test_conflicting_fraction(jsonl):
     assert load_pku_saferlhf(str(jsonl)).conflicting_fraction() == 0.5
-
-
-def test_limit_takes_first_rows(jsonl):
-    data = load_pku_saferlhf(str(jsonl), limit=2)
-    assert [pair.prompt for pair in data] == ["prompt 0", "prompt 1"]
-    assert len(load_pku_saferlhf(str(jsonl), limit=10)) == 4
-    assert len(load_pku_saferlhf(str(jsonl), limit=0)) == 0
 
 
 def test_split_slicing(jsonl):
@@ -169,11 +163,6 @@ def test_unknown_split(jsonl):
         load_pku_saferlhf(str(jsonl), split="test")
 
 
-def test_negative_limit(jsonl):
-    with pytest.raises(MoaError, match="limit must be"):
-        load_pku_saferlhf(str(jsonl), limit=-1)
-
-
 def test_a_run_config_reads_pku_through_the_same_loader(tmp_path):
     from orchestrator.config import load_config
     from orchestrator.data.sources import load_training_pairs
@@ -185,3 +174,19 @@ def test_a_run_config_reads_pku_through_the_same_loader(tmp_path):
     assert train.objectives == ("helpful", "harmless")
     assert 20 < len(train) < 40  # about 20 % of the prompts held out
     assert all(p.prompt in {r["prompt"] for r in rows} for p in train)
+
+
+def test_pairs_written_in_pku_columns_read_back_the_same(tmp_path):
+    pairs = load_pku_saferlhf(str(write_jsonl(tmp_path / "pku.jsonl", ROWS)))
+    rows = pku_saferlhf_rows(pairs)
+    assert rows == [{k: row[k] for k in rows[0]} for row in ROWS]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "again.parquet"))
+    assert load_pku_saferlhf(str(tmp_path / "again.parquet")) == pairs
+
+
+def test_a_tie_has_no_place_in_pku_columns():
+    tied = PreferencePair("p", "x", "y", {"helpful": "a", "harmless": "tie"})
+    with pytest.raises(
+        MoaError, match="pair 0: PKU-SafeRLHF needs an 'a' or 'b' label for 'harmless'"
+    ):
+        pku_saferlhf_rows(PairDataset(("helpful", "harmless"), [tied]))

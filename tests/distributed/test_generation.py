@@ -115,7 +115,8 @@ def test_implicit_rewards_on_the_actors_equal_the_offline_ones(pool, steerable, 
     pool.publish(steerable)
     prompts = [p for p in PROMPTS for _ in range(5)]  # 20 rows: three chunks of up to 8
     responses = [f"Step {i}: wash it, then dry it well." for i in range(len(prompts))]
-    rewards = pool.implicit_rewards(prompts, responses, beta=0.2)
+    scorers = {"scorers": {"helpful": "implicit", "harmless": "implicit"}, "implicit_beta": 0.2}
+    rewards = pool.scorer(scorers)(prompts, responses)
     expected = implicit_rewards(steerable, tokenizer, prompts, responses, beta=0.2)
     assert rewards.shape == (20, 2)
     assert abs(rewards - expected).max() < 1e-5

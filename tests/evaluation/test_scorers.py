@@ -114,7 +114,9 @@ def test_a_file_dataset_needs_a_scorer_per_objective(capsys, config_file, tmp_pa
     assert main([*args, "eval.scorers={helpful: implicit}", "eval.reference_point=[0, 0]"]) == 2
     err = capsys.readouterr().err
     assert "objective 'harmless' has no scorer (eval.scorers.harmless)" in err
-    assert main([*args, "eval.scorers={helpful: implicit, harmless: ground_truth}"]) == 2
+    assert "or set eval.enabled: false" in err
+    both = "eval.scorers={helpful: implicit, harmless: ground_truth}"
+    assert main([*args, both, "eval.reference_point=[0, 0]"]) == 2
     assert "eval.scorers.harmless: ground_truth needs the built-in task" in capsys.readouterr().err
 
 

@@ -93,9 +93,8 @@ def test_an_objective_with_only_ties_is_refused_before_any_worker(tiny_config, t
     path = tmp_path / "pairs.jsonl"
     PairDataset(drawn.objectives, tied).save_jsonl(path)
     cfg = tiny_config(
-        tmp_path / "run", "data.source=jsonl", f"data.path={path}", "eval.enabled=false",
-        "data.test_fraction=0.3",
-    )  # fmt: skip
+        tmp_path / "run", "data.source=jsonl", f"data.path={path}", "data.test_fraction=0.3"
+    )  # eval.* play no part in a reward run: no scorer is needed on a file dataset
     with pytest.raises(MoaError, match=r"no pair that is not a tie on \['harmless'\]"):
         run_reward(cfg, progress=False)
     assert not (tmp_path / "run").exists()

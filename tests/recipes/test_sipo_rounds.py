@@ -24,8 +24,11 @@ class FakePool:
 
         return [GenerationResult(text(r.prompt), 1, 0) for r in requests]
 
-    def implicit_rewards(self, prompts, responses, **options):
-        return np.array([[len(r), len(r.split())] for r in responses], dtype=float)
+    def scorer(self, arguments, progress=False):
+        assert arguments["scorers"] == dict.fromkeys(OBJECTIVES, "implicit")  # sipo.judge's default
+        return lambda prompts, responses: np.array(
+            [[len(r), len(r.split())] for r in responses], dtype=float
+        )
 
 
 @pytest.fixture
@@ -97,4 +100,20 @@ def test_reward_model_judges_score_on_the_pool_in_objective_order(steps):
     judges = arguments["scorers"]
     assert list(judges) == OBJECTIVES
     assert (judges["helpful"].model, judges["harmless"].sign) == ("rm", -1)
+    assert arguments["max_response_tokens"] == 65
+
+
+def test_implicit_judges_are_the_current_adapters_rewards_at_the_judges_beta(steps):
+    asked = []
+
+    class ScoringPool:
+        def scorer(self, arguments, progress=False):
+            asked.append(arguments)
+            return lambda prompts, responses: np.ones((len(prompts), 2))
+
+    step = steps("sipo.judge=implicit", "sipo.judge_beta=0.3", "data.max_response_tokens=64")
+    assert step._judge(ScoringPool(), ["Q0"], ["draft"]).shape == (1, 2)
+    [arguments] = asked
+    assert arguments["scorers"] == {"helpful": "implicit", "harmless": "implicit"}
+    assert arguments["implicit_beta"] == 0.3
     assert arguments["max_response_tokens"] == 65

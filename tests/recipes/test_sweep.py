@@ -1,7 +1,9 @@
-"""`moa tune` end to end on the shared Ray instance: one 3-trial sweep of a few steps each,
-interrupted (SIGUSR1, as Ctrl+C) in its second trial and finished by the same call, its third
-trial stopped by Tune at step 2; its table, Pareto sets, best config and the chosen model's test
-front; the best config trained by `moa train`; the stopped trial gives its workers back."""
+"""`moa tune` end to end on the shared Ray instance, on the real path's data (a PKU-SafeRLHF
+file) with its reward models as the scorers (conftest's `real_path`): one 3-trial sweep of a few
+steps each, interrupted (SIGUSR1, as Ctrl+C) in its second trial and finished by the same call,
+its third trial stopped by Tune at step 2; its table, Pareto sets, best config and the chosen
+model's test front; the best config trained by `moa train`; the stopped trial gives its workers
+back."""
 
 import contextlib
 import dataclasses
@@ -85,13 +87,13 @@ class StopTheLastTrialAtStep2(FIFOScheduler):
 
 
 @pytest.fixture(scope="module")
-def sweep(tiny_config, tmp_path_factory):
+def sweep(tiny_config, real_path, tmp_path_factory):
     """A 3-trial sweep interrupted in its second trial and finished by the same call; Tune stops
     its third trial at step 2. (the config, {trial: (train.json's mtime, metrics)} of the trial
     done before the interrupt, the trials the interrupt cut short, the result, what the second
     call printed, the cluster's free CPUs before and after)."""
     out = tmp_path_factory.mktemp("tune") / "sweep"
-    cfg = tiny_config(out, *SWEEP)
+    cfg = tiny_config(out, *SWEEP, *real_path.overrides)
     free_before = cpus_free_and_holders()  # no earlier test holds a CPU any more
     stop = threading.Event()
     seen = interrupt_after(1, out / "trials", stop)
@@ -163,7 +165,7 @@ def test_a_trial_tune_stops_gives_its_workers_back_and_each_ending_is_one_line(s
     stopped = sweep.result.trials[2]["trial"]
     lines = sweep.printed.splitlines()
     pattern = (
-        r"trial \w+ ended at step \d: hypervolume \d\.\d{4} \(coarse grid, validation prompts\)$"
+        r"trial \w+ ended at step \d: hypervolume \d+\.\d{4} \(coarse grid, validation prompts\)$"
     )
     assert lines and all(re.match(pattern, line) for line in lines), lines
     assert lines[-1].startswith(f"trial {stopped} ended at step 2:"), lines

@@ -365,8 +365,9 @@ def test_a_lambda_per_pair_shared_by_every_pair_is_that_fixed_lambda(
         results.append(([r.loss for r in history], adapter_parameters(model)))
     (fixed_losses, fixed), (own_losses, own) = results
     assert own_losses == pytest.approx(fixed_losses, abs=1e-6)
+    # A λ per row and one broadcast λ take different kernels: fp32 rounding, ~1e-6 after the steps.
     for name, tensor in fixed.items():
-        torch.testing.assert_close(own[name], tensor, rtol=0, atol=1e-6)
+        torch.testing.assert_close(own[name], tensor, rtol=0, atol=1e-5)
 
 
 def test_each_pair_runs_at_its_own_lambda(tiny_base_dir, tokenizer, encoded):

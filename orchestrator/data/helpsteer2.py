@@ -1,0 +1,57 @@
+"""HelpSteer2 (per-response attribute scores) → the canonical pair schema.
+
+Each row holds a prompt, one response and its scores (0–4) on helpfulness, correctness,
+coherence, complexity and verbosity; a prompt's rows are its candidate responses. Every two
+responses of a prompt make a pair, labelled per objective by the higher score (a tie where they
+are equal), with both scores kept. The objectives are attribute columns, named as they are.
+"""
+
+import math
+from itertools import combinations
+
+from orchestrator.data.rows import load_rows
+from orchestrator.data.schema import PairDataset, PreferencePair
+from orchestrator.errors import MoaError
+
+HUB_ID = "nvidia/HelpSteer2"
+ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+
+
+def load_helpsteer2(
+    source: str = HUB_ID, objectives: tuple[str, ...] = ATTRIBUTES, split: str = "train"
+) -> PairDataset:
+    """Pairs of responses to the same prompt from `source` (a hub id, or a local file or folder:
+    see data.rows.load_rows), labelled on the attribute columns `objectives`."""
+    columns = load_rows(source, split, ("prompt", "response", *objectives), "a HelpSteer2 dataset")
+    responses: dict[str, list[tuple[str, dict[str, float]]]] = {}
+    for i, prompt in enumerate(columns["prompt"]):
+        where = f"{source}, row {i}"
+        if not isinstance(prompt, str) or not isinstance(columns["response"][i], str):
+            raise MoaError(f"{where}: fields 'prompt' and 'response' must be strings")
+        scores = {name: _score(columns[name][i], f"{where}: field '{name}'") for name in objectives}
+        responses.setdefault(prompt, []).append((columns["response"][i], scores))
+    pairs = [
+        _pair(prompt, a, b, objectives)
+        for prompt, candidates in responses.items()
+        for a, b in combinations(candidates, 2)
+    ]
+    if not pairs:
+        raise MoaError(f"{source} (split {split!r}): no prompt has two responses to pair")
+    return PairDataset(tuple(objectives), pairs)
+
+
+def _score(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise MoaError(f"{where} must be a number; got {value!r}")
+    return float(value)
+
+
+def _pair(prompt: str, a: tuple, b: tuple, objectives: tuple[str, ...]) -> PreferencePair:
+    (response_a, scores_a), (response_b, scores_b) = a, b
+    labels = {
+        name: "a" if scores_a[name] > scores_b[name] else "b" if scores_a[name] < scores_b[name]
+        else "tie"
+        for name in objectives
+    }  # fmt: skip
+    scores = {name: (scores_a[name], scores_b[name]) for name in objectives}
+    return PreferencePair(prompt, response_a, response_b, labels, scores)
