@@ -43,7 +43,12 @@ def main() -> None:
     rm_front = rescored(truth, answers, judged, reference)
     per_point = len(answers[0][0]) // len(truth.points)
     print(f"{args.run_dir}: {len(truth.points)} λ points × {per_point} test prompts\n")
-    print("| objective | Spearman over the λ grid |")
+    print("| λ | " + " | ".join(f"{o}: truth | {o}: reward model" for o in objectives) + " |")
+    print("|---|" + "---|---|" * len(objectives))
+    for lam, t, r in zip(truth.preferences, truth.points, rm_front.points, strict=True):
+        cells = [f"{a:.3f} | {b:+.3f}" for a, b in zip(t, r, strict=True)]
+        print(f"| ({', '.join(f'{x:.1f}' for x in lam)}) | " + " | ".join(cells) + " |")
+    print("\n| objective | Spearman over the λ grid |")
     print("|---|---|")
     for i, name in enumerate(objectives):
         rho = spearmanr(truth.points[:, i], rm_front.points[:, i]).statistic
