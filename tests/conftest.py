@@ -402,6 +402,9 @@ def ray_session(ray_head):
     ray.shutdown()
 
 
+OBJECTIVES = ("helpful", "harmless")
+
+
 @dataclasses.dataclass(frozen=True)
 class RealPath:
     """A user's own data and reward models (README, "Your own data"): the built-in task's pairs
@@ -412,18 +415,20 @@ class RealPath:
     reference_point: tuple[float, float] = (-10.0, -10.0)
 
     @property
+    def scorers(self) -> dict[str, dict]:
+        """Objective → its head of the reward models, as eval.scorers and sipo.reward_models
+        name it."""
+        return {o: {"model": str(self.reward_models), "head": o} for o in OBJECTIVES}
+
+    @property
     def overrides(self) -> list[str]:
         """A run on the file, its fronts scored by the reward models."""
-        scorers = ", ".join(f"{o}: {{model: {self.reward_models}, head: {o}}}" for o in OBJECTIVES)
         return [
             "data.source=pku_saferlhf",
             f"data.path={self.data}",
-            f"eval.scorers={{{scorers}}}",
+            f"eval.scorers={json.dumps(self.scorers)}",
             f"eval.reference_point={list(self.reference_point)}",
         ]
-
-
-OBJECTIVES = ("helpful", "harmless")
 
 
 def write_pku_file(path: Path) -> int:

@@ -48,10 +48,12 @@ def _score(value: object, where: str) -> float:
 
 def _pair(prompt: str, a: tuple, b: tuple, objectives: tuple[str, ...]) -> PreferencePair:
     (response_a, scores_a), (response_b, scores_b) = a, b
-    labels = {
-        name: "a" if scores_a[name] > scores_b[name] else "b" if scores_a[name] < scores_b[name]
-        else "tie"
-        for name in objectives
-    }  # fmt: skip
+    labels = {name: _label(scores_a[name], scores_b[name]) for name in objectives}
     scores = {name: (scores_a[name], scores_b[name]) for name in objectives}
     return PreferencePair(prompt, response_a, response_b, labels, scores)
+
+
+def _label(score_a: float, score_b: float) -> str:
+    if score_a == score_b:
+        return "tie"
+    return "a" if score_a > score_b else "b"

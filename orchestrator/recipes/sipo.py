@@ -305,12 +305,15 @@ class SIPORounds:
         if sipo.judge == "ground_truth":
             return AssistantTask(seed=data.seed).score_batch(prompts, responses, self.objectives)
         if sipo.judge == "implicit":  # the current adapter's own rewards, β = sipo.judge_beta
-            judges, longest = dict.fromkeys(self.objectives, "implicit"), data.max_response_tokens
-        else:  # room for the candidates and the pair's own responses they are compared with
+            judges = dict.fromkeys(self.objectives, "implicit")
+        else:
             judges = {name: sipo.reward_models[name] for name in self.objectives}
-            longest = max(sipo.max_new_tokens, data.max_response_tokens)
-        arguments = Scorers.arguments_for_run(self.cfg, judges, longest)
-        arguments["implicit_beta"] = sipo.judge_beta
+        # Room for the candidates and for the pair's own responses they are compared with.
+        longest = max(sipo.max_new_tokens, data.max_response_tokens)
+        arguments = {
+            **Scorers.arguments_for_run(self.cfg, judges, longest),
+            "implicit_beta": sipo.judge_beta,
+        }
         return pool.scorer(arguments, progress=self.progress)(prompts, responses)
 
     def realign(self, round_dir: Path, start: Path, new_pairs: PairDataset) -> tuple[Path, dict]:

@@ -54,9 +54,7 @@ def walk(real_path, tiny_base_dir, tmp_path_factory):
         "train": {"max_steps": 4, "batch_size": 4, "warmup_steps": 0, "learning_rate": 1e-2},
         "checkpoint": {"every": 2},
         "eval": {
-            "scorers": {
-                name: {"model": str(real_path.reward_models), "head": name} for name in OBJECTIVES
-            },
+            "scorers": real_path.scorers,
             "reference_point": list(real_path.reference_point),
             "every": 2,
             "grid_divisions": 2,
@@ -158,12 +156,12 @@ def test_moa_sipo_judges_its_candidates_with_the_reward_models(
     judged by them too."""
     root, cfg = walk
     monkeypatch.setattr(run_folder, "train", train_here)  # the recipe, not Ray Train, is tested
-    judges = ", ".join(f"{o}: {{model: {real_path.reward_models}, head: {o}}}" for o in OBJECTIVES)
     out = root / "sipo"
     assert main([
         "sipo", str(root / "panacea.yaml"), f"output_dir={out}",
         f"sipo.init_from={root / 'panacea'}", "sipo.judge=reward_models",
-        f"sipo.reward_models={{{judges}}}", "sipo.max_pairs=4", "sipo.max_new_tokens=8",
+        f"sipo.reward_models={json.dumps(real_path.scorers)}",
+        "sipo.max_pairs=4", "sipo.max_new_tokens=8",
     ]) == 0  # fmt: skip
     records = [json.loads(line) for line in (out / "round_1" / "candidates.jsonl").open()]
     assert len(records) == 4 and all(len(r["candidates"]) == 4 for r in records)

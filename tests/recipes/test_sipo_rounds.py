@@ -111,9 +111,14 @@ def test_implicit_judges_are_the_current_adapters_rewards_at_the_judges_beta(ste
             asked.append(arguments)
             return lambda prompts, responses: np.ones((len(prompts), 2))
 
-    step = steps("sipo.judge=implicit", "sipo.judge_beta=0.3", "data.max_response_tokens=64")
+    step = steps(
+        "sipo.judge=implicit",
+        "sipo.judge_beta=0.3",
+        "sipo.max_new_tokens=40",
+        "data.max_response_tokens=64",
+    )
     assert step._judge(ScoringPool(), ["Q0"], ["draft"]).shape == (1, 2)
     [arguments] = asked
     assert arguments["scorers"] == {"helpful": "implicit", "harmless": "implicit"}
     assert arguments["implicit_beta"] == 0.3
-    assert arguments["max_response_tokens"] == 65
+    assert arguments["max_response_tokens"] == 65  # the longer of candidates and originals
