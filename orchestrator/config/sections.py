@@ -43,12 +43,22 @@ class RewardSection(Section):
     held_out_pairs: Count = 400  # built-in task: pairs on its test prompts, to measure accuracy
 
 
+class Attribute(Section):
+    """The HelpSteer2 score column an objective is read from, and which way is better."""
+
+    column: str
+    higher_is_better: bool = True
+
+
 class DataSection(Section):
     source: Literal["assistant", "pku_saferlhf", "helpsteer2", "jsonl"] = "assistant"
     # A hub id or a local file or folder for pku_saferlhf and helpsteer2 (default: the hub's
-    # dataset); the pairs file for jsonl. HelpSteer2's objectives are its attribute columns.
+    # dataset); the pairs file for jsonl.
     path: str | None = None
     objectives: list[str] = ["helpful", "harmless"]
+    # helpsteer2: an objective's attribute column where it is not the objective's own name, or
+    # where a lower score is better (concise: {column: verbosity, higher_is_better: false}).
+    attributes: dict[str, Attribute] = {}
     num_pairs: Count = 2000  # built-in task only
     conflict_fraction: Probability = 0.5  # built-in task only
     # Held-out prompts of a file dataset (the built-in task's split is fixed): validation
@@ -72,6 +82,11 @@ class DataSection(Section):
             )
         if self.source == "jsonl" and not self.path:
             raise ValueError("source 'jsonl' needs data.path")
+        if self.attributes and self.source != "helpsteer2":
+            raise ValueError("attributes map objectives to HelpSteer2 columns: source helpsteer2")
+        unknown = sorted(set(self.attributes) - set(self.objectives))
+        if unknown:
+            raise ValueError(f"attributes {unknown} are not objectives {self.objectives}")
         return self
 
 

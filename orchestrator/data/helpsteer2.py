@@ -2,13 +2,17 @@
 
 Each row holds a prompt, one response and its scores (0–4) on helpfulness, correctness,
 coherence, complexity and verbosity; a prompt's rows are its candidate responses. Every two
-responses of a prompt make a pair, labelled per objective by the higher score (a tie where they
-are equal), with both scores kept. The objectives are attribute columns, named as they are.
+responses of a prompt make a pair, labelled per objective by the better score (a tie where they
+are equal), with both scores kept. An objective reads the attribute column of its own name, or
+the one `attributes` gives it; a column where lower is better is read negated, so that a higher
+score is better on every objective.
 """
 
 import math
+from collections.abc import Mapping
 from itertools import combinations
 
+from orchestrator.config.sections import Attribute
 from orchestrator.data.rows import load_rows
 from orchestrator.data.schema import PairDataset, PreferencePair
 from orchestrator.errors import MoaError
@@ -18,17 +22,27 @@ ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosit
 
 
 def load_helpsteer2(
-    source: str = HUB_ID, objectives: tuple[str, ...] = ATTRIBUTES, split: str = "train"
+    source: str = HUB_ID,
+    objectives: tuple[str, ...] = ATTRIBUTES,
+    split: str = "train",
+    attributes: Mapping[str, Attribute] = {},
 ) -> PairDataset:
     """Pairs of responses to the same prompt from `source` (a hub id, or a local file or folder:
-    see data.rows.load_rows), labelled on the attribute columns `objectives`."""
-    columns = load_rows(source, split, ("prompt", "response", *objectives), "a HelpSteer2 dataset")
+    see data.rows.load_rows), labelled on `objectives`: attribute columns, or the columns
+    `attributes` maps them to."""
+    read = {name: attributes.get(name, Attribute(column=name)) for name in objectives}
+    wanted = ("prompt", "response", *dict.fromkeys(a.column for a in read.values()))
+    columns = load_rows(source, split, wanted, "a HelpSteer2 dataset")
     responses: dict[str, list[tuple[str, dict[str, float]]]] = {}
     for i, prompt in enumerate(columns["prompt"]):
         where = f"{source}, row {i}"
         if not isinstance(prompt, str) or not isinstance(columns["response"][i], str):
             raise MoaError(f"{where}: fields 'prompt' and 'response' must be strings")
-        scores = {name: _score(columns[name][i], f"{where}: field '{name}'") for name in objectives}
+        scores = {
+            name: _score(columns[a.column][i], f"{where}: field '{a.column}'")
+            * (1 if a.higher_is_better else -1)
+            for name, a in read.items()
+        }
         responses.setdefault(prompt, []).append((columns["response"][i], scores))
     pairs = [
         _pair(prompt, a, b, objectives)

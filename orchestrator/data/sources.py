@@ -28,7 +28,9 @@ def load_pairs(cfg: DataSection, split: str, num_pairs: int | None = None) -> Pa
     if cfg.source == "pku_saferlhf":
         dataset = pku_saferlhf.load_pku_saferlhf(dataset_name(cfg))
     elif cfg.source == "helpsteer2":
-        dataset = helpsteer2.load_helpsteer2(dataset_name(cfg), tuple(cfg.objectives))
+        dataset = helpsteer2.load_helpsteer2(
+            dataset_name(cfg), tuple(cfg.objectives), attributes=cfg.attributes
+        )
     else:
         dataset = PairDataset.load_jsonl(cfg.path)
     selected = dataset.select_objectives(cfg.objectives)

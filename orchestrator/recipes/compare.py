@@ -13,11 +13,14 @@ prompts and reference point, for each seed of compare.seeds.
 
 Wall time is the training time of every model a method needs (shared experts counted in each
 method that uses them) plus its margins' log-probs and, for SIPO, its rounds' generation and
-judging; evaluation is not counted. A stopped comparison started again resumes: finished models
-and fronts are kept.
+judging; evaluation is not counted. Every model is trained first, then every front evaluated:
+reward-model scorers run on one generation pool's actors (ground truth, a pure function, on the
+driver). A stopped comparison started again resumes: finished models and fronts are kept.
 """
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,14 +37,16 @@ from orchestrator.evaluation.answerers import (
     soup,
 )
 from orchestrator.evaluation.compare_report import LABELS, mean_front, render_table, summarise
-from orchestrator.evaluation.front import Front
+from orchestrator.evaluation.front import Front, Score
 from orchestrator.evaluation.report import plot_fronts, read_front
 from orchestrator.evaluation.run_front import evaluate_on_grid
+from orchestrator.evaluation.scorers import Scorers
 from orchestrator.model.adapter_io import load_adapter
 from orchestrator.model.build import build_model
 from orchestrator.model.svd_lora import adapter_parameters
 from orchestrator.objectives.grid import simplex_grid
 from orchestrator.recipes.baselines import model_config, train_dps, train_experts, train_modpo
+from orchestrator.recipes.evaluate import run_pool
 from orchestrator.recipes.inputs import check_training_inputs
 from orchestrator.recipes.run_folder import TRAINING_RUN, RunKind, claim_run, train_into
 from orchestrator.recipes.sipo import ensure_sipo
@@ -86,11 +91,13 @@ def run_compare(cfg: RunConfig, *, progress: bool = True, overwrite: bool = Fals
     pairs = check_training_inputs(cfg)
     out = claim_run(cfg, COMPARISON, overwrite)
     comparison = Comparison(cfg, pairs, progress)
-    results = [
-        comparison.result(method, seed)
+    trained = [
+        (method, seed, comparison.train(method, seed))
         for seed in cfg.compare.seeds
         for method in cfg.compare.methods
     ]
+    with comparison.judges() as score:
+        results = [comparison.result(*model, score) for model in trained]
     table = summarise(results, cfg.compare.methods)
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     fronts = {
@@ -123,14 +130,29 @@ class Comparison:
         }
         return with_fields(self.cfg, fields)
 
-    def result(self, method: str, seed: int) -> dict:
+    def train(self, method: str, seed: int) -> MethodModels:
         cfg = self.seed_config(seed)
-        models = getattr(self, method)(cfg, Path(cfg.output_dir))
+        return getattr(self, method)(cfg, Path(cfg.output_dir))
+
+    @contextmanager
+    def judges(self) -> Iterator[Score]:
+        """Every front's scorer: reward models on a generation pool's actors (opened once the
+        training is done, so that its actors' CPUs and GPUs were the trainers'); ground truth,
+        a pure function, here."""
+        arguments = Scorers.arguments_for_run(self.cfg)
+        if all(scorer == "ground_truth" for scorer in self.cfg.scorers.values()):
+            yield Scorers(**arguments)
+            return
+        with run_pool(self.cfg, self.model) as pool:
+            yield pool.scorer(arguments, progress=self.progress)
+
+    def result(self, method: str, seed: int, models: MethodModels, score: Score) -> dict:
+        cfg = self.seed_config(seed)
         front_path = Path(cfg.output_dir) / "fronts" / f"{method}.json"
         if front_path.is_file():
             front = read_front(front_path)
         else:
-            front = self.front(cfg, models)
+            front = self.front(cfg, models, score)
             atomic_write_text(front_path, json.dumps(front.to_dict(), indent=2))
         metrics = front.metrics()
         spread = not models.one_point
@@ -147,13 +169,15 @@ class Comparison:
             "front": str(front_path.relative_to(self.out)),
         }
 
-    def front(self, cfg: RunConfig, models: MethodModels) -> Front:
+    def front(self, cfg: RunConfig, models: MethodModels, score: Score) -> Front:
         answer = None
         if models.setup is None:
             load_adapter(self.model, models.adapter)
         else:
             answer = grouped_answerer(self.model, self.tokenizer, models.setup, cfg)
-        return evaluate_on_grid(cfg, self.model, self.tokenizer, with_base=False, answer=answer)
+        return evaluate_on_grid(
+            cfg, self.model, self.tokenizer, with_base=False, answer=answer, score=score
+        )
 
     def experts(self, cfg: RunConfig, seed_dir: Path):
         return train_experts(cfg, self.pairs, seed_dir / "experts", self.progress)

@@ -4,7 +4,7 @@ the pool-generated front every recipe writes (RUN_DIR/eval: front.json, front.pn
 from pathlib import Path
 
 from orchestrator.config import RunConfig
-from orchestrator.distributed.generation import pool_for
+from orchestrator.distributed.generation import GenerationPool, pool_for
 from orchestrator.errors import MoaError
 from orchestrator.evaluation.front import Front
 from orchestrator.evaluation.report import write_front
@@ -43,9 +43,7 @@ def front_on_pool(
     """The front of `model`'s adapter over the eval grid, answered and scored by a generation
     pool (`generation.*`) on Ray, with the base model's point unless `with_base` is false;
     written to `out_dir`."""
-    path = resolve_model_path(cfg.model.name_or_path)
-    options = {"max_prompt_tokens": cfg.data.max_prompt_tokens}
-    with pool_for(model, path, cfg.model.dtype, cfg.generation, **options) as pool:
+    with run_pool(cfg, model) as pool:
         answer = pool.answerer(progress=progress)
         score = pool.scorer(Scorers.arguments_for_run(cfg))
         front = evaluate_on_grid(
@@ -53,3 +51,11 @@ def front_on_pool(
         )
     write_front(out_dir, front, title=title)
     return front
+
+
+def run_pool(cfg: RunConfig, model, max_prompt_tokens: int | None = None) -> GenerationPool:
+    """A generation pool (generation.*) serving `model`'s adapter on the run's base model, for
+    prompts of up to `max_prompt_tokens` (default data.max_prompt_tokens)."""
+    path = resolve_model_path(cfg.model.name_or_path)
+    prompt_tokens = max_prompt_tokens or cfg.data.max_prompt_tokens
+    return pool_for(model, path, cfg.model.dtype, cfg.generation, max_prompt_tokens=prompt_tokens)

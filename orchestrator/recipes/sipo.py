@@ -43,7 +43,7 @@ from orchestrator.atomic import atomic_directory, atomic_write_text
 from orchestrator.config import RunConfig, with_fields
 from orchestrator.data.assistant_task import AssistantTask
 from orchestrator.data.schema import PairDataset
-from orchestrator.distributed.generation import GenerationRequest, pool_for
+from orchestrator.distributed.generation import GenerationRequest
 from orchestrator.errors import MoaError
 from orchestrator.evaluation.front import Front
 from orchestrator.evaluation.report import plot_fronts, read_front
@@ -51,8 +51,8 @@ from orchestrator.evaluation.scorers import Scorers, check_reward_models
 from orchestrator.evaluation.sipo_report import front_stats, render_sipo_report
 from orchestrator.model.adapter_io import ADAPTER_CONFIG, load_adapter
 from orchestrator.model.generate import SamplingParams
-from orchestrator.model.loading import load_model, load_tokenizer, resolve_model_path
-from orchestrator.recipes.evaluate import front_on_pool
+from orchestrator.model.loading import load_model, load_tokenizer
+from orchestrator.recipes.evaluate import front_on_pool, run_pool
 from orchestrator.recipes.inputs import check_training_inputs
 from orchestrator.recipes.panacea import ensure_panacea
 from orchestrator.recipes.run_folder import (
@@ -349,10 +349,7 @@ class SIPORounds:
         prompt_tokens = cfg.data.max_prompt_tokens
         if cfg.sipo.review:  # review and rewrite prompts quote the answers
             prompt_tokens += 2 * cfg.sipo.max_new_tokens + 64
-        path = resolve_model_path(cfg.model.name_or_path)
-        return pool_for(
-            self.model, path, cfg.model.dtype, cfg.generation, max_prompt_tokens=prompt_tokens
-        )
+        return run_pool(cfg, self.model, prompt_tokens)
 
 
 def round_adapter(round_dir: Path, start: Path, realign_steps: int) -> Path:

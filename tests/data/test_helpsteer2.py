@@ -4,6 +4,7 @@ import datasets
 import pytest
 
 from orchestrator.config import load_config
+from orchestrator.config.sections import Attribute
 from orchestrator.data.helpsteer2 import ATTRIBUTES, load_helpsteer2
 from orchestrator.data.sources import load_pairs, load_training_pairs
 from orchestrator.errors import MoaError
@@ -100,3 +101,54 @@ def test_a_run_config_reads_helpsteer2_and_holds_out_whole_prompts(tmp_path):
     assert len(train) + len(test) + len(load_pairs(cfg.data, "validation")) == 40
     assert 20 < len(train) < 40
     assert not {p.prompt for p in train} & {p.prompt for p in test}
+
+
+def test_an_objective_reads_a_column_where_lower_is_better_negated(tmp_path):
+    path = write(tmp_path / "hs2.jsonl", ROWS)
+    concise = {"concise": Attribute(column="verbosity", higher_is_better=False)}
+    data = load_helpsteer2(str(path), ("helpfulness", "concise"), attributes=concise)
+    assert data.objectives == ("helpfulness", "concise")
+    got = [(p.response_a, p.response_b, p.labels["concise"], p.scores["concise"]) for p in data]
+    assert got == [
+        ("r0.0", "r0.1", "tie", (-2.0, -2.0)),
+        ("r1.0", "r1.1", "b", (-4.0, -0.0)),
+        ("r1.0", "r1.2", "b", (-4.0, -1.0)),
+        ("r1.1", "r1.2", "a", (-0.0, -1.0)),
+    ]
+    assert data[0].labels["helpfulness"] == "a"  # the other objective reads its own column
+
+
+def test_a_run_config_maps_objectives_to_columns(tmp_path):
+    path = write(tmp_path / "hs2.jsonl", ROWS)
+    fields = [
+        "data.source=helpsteer2",
+        f"data.path={path}",
+        "data.objectives=[helpful, concise]",
+        "data.attributes={helpful: {column: helpfulness}, "
+        "concise: {column: verbosity, higher_is_better: false}}",
+        "data.validation_fraction=0",
+        "data.test_fraction=0",
+        "eval.enabled=false",
+    ]
+    pairs = load_training_pairs(load_config(None, fields).data)
+    assert pairs.objectives == ("helpful", "concise")
+    assert sorted(p.signs(pairs.objectives) for p in pairs) == [[-1, -1], [-1, -1], [0, 1], [1, 0]]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (["data.attributes={concise: {column: verbosity}}"], "source helpsteer2"),
+        (
+            ["data.source=helpsteer2", "data.attributes={concise: {column: verbosity}}"],
+            r"attributes \['concise'\] are not objectives",
+        ),
+        (
+            ["data.source=helpsteer2", "data.attributes={helpful: {colum: helpfulness}}"],
+            "colum",
+        ),
+    ],
+)
+def test_bad_attributes_are_refused_naming_the_field(fields, message):
+    with pytest.raises(MoaError, match=message):
+        load_config(None, [*fields, "eval.enabled=false"])

@@ -113,6 +113,11 @@ def test_moa_compare_judges_every_method_with_the_reward_models(
 ):
     root, cfg = walk
     monkeypatch.setattr(run_folder, "train", train_here)  # the recipe, not Ray Train, is tested
+
+    def on_the_driver(*args):
+        raise AssertionError("the reward models scored on the driver, not on the pool's actors")
+
+    monkeypatch.setattr(Scorers, "__call__", on_the_driver)
     out = root / "compare"
     assert main([
         "compare", str(root / "panacea.yaml"), f"output_dir={out}", "eval.every=0",
@@ -122,6 +127,7 @@ def test_moa_compare_judges_every_method_with_the_reward_models(
     assert [r["method"] for r in results] == ["panacea_ls", "dpo_soups"]
     fronts = [read_front(out / r["front"]) for r in results]
     assert all(list(f.reference_point) == list(real_path.reference_point) for f in fronts)
+    assert not all(((f.points >= 0) & (f.points <= 1)).all() for f in fronts)  # RM logits
     assert all({s["prompt"] for s in f.samples} <= set(split_prompts(cfg, "test")) for f in fronts)
     assert f"Data: {real_path.data}, objectives" in (out / "report.md").read_text()
 
