@@ -40,6 +40,11 @@ class RewardSection(Section):
 
     # One model per objective instead of one backbone with a scalar head per objective.
     per_objective: bool = False
+    # LoRA of this rank on every linear layer of the backbone (the heads train in full) instead
+    # of training every weight; merged into the weights when saved, so the folder is a plain
+    # model that from_pretrained loads.
+    lora_rank: Count | None = None
+    lora_alpha: Positive = 16.0
     held_out_pairs: Count = 400  # built-in task: pairs on its test prompts, to measure accuracy
 
 

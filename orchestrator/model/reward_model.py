@@ -5,11 +5,14 @@ one scalar reward per objective, read at its last token.
                  named by the objectives (config.id2label), saved in one folder
   per objective  one model per objective (num_labels = 1), each in a subfolder named by it
 
-Either way `save_pretrained` writes them and `AutoModelForSequenceClassification.from_pretrained`
-reads them back, here or anywhere else; reward_model.json records the layout and objectives.
+The backbone trains in full or through LoRA adapters (peft; the heads train in full), merged
+into its weights when saved. Either way `save_pretrained` writes them and
+`AutoModelForSequenceClassification.from_pretrained` reads them back, here or anywhere else;
+reward_model.json records the layout and objectives.
 """
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -41,11 +44,24 @@ class RewardModel(nn.Module):
         ]
         return torch.cat(columns, dim=-1)
 
+    def merge_lora(self) -> None:
+        """Fold LoRA-trained members' adapters into their weights: plain models again."""
+        for name, member in self.models.items():
+            if hasattr(member, "merge_and_unload"):
+                self.models[name] = member.merge_and_unload()
+
 
 def build_reward_model(
-    base: str, objectives: list[str], per_objective: bool, pad_token_id: int, dtype: str
+    base: str,
+    objectives: list[str],
+    per_objective: bool,
+    pad_token_id: int,
+    dtype: str,
+    lora_rank: int | None = None,
+    lora_alpha: float = 16.0,
 ) -> RewardModel:
-    """New reward heads on the causal LM `base` (hub id, folder or built-in name)."""
+    """New reward heads on the causal LM `base` (hub id, folder or built-in name); with
+    `lora_rank`, LoRA adapters on the backbone's linear layers are what trains (and the heads)."""
     path = resolve_model_path(base)
 
     def classifier(names: list[str]) -> nn.Module:
@@ -63,7 +79,16 @@ def build_reward_model(
                 f"model.name_or_path: no sequence classifier from {base!r}: {err}"
             ) from err
         model.config.pad_token_id = pad_token_id  # the last non-pad token carries the reward
-        return model
+        if lora_rank is None:
+            return model
+        from peft import LoraConfig, get_peft_model  # here: importing peft costs ~2.5 s
+
+        lora = LoraConfig(
+            task_type="SEQ_CLS", r=lora_rank, lora_alpha=lora_alpha, target_modules="all-linear"
+        )
+        with warnings.catch_warnings():  # peft's own use of a deprecated transformers call
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+            return get_peft_model(model, lora)  # the heads train in full (modules_to_save)
 
     if per_objective:
         return RewardModel({name: classifier([name]) for name in objectives}, objectives)
@@ -71,7 +96,9 @@ def build_reward_model(
 
 
 def save_reward_model(model: RewardModel, tokenizer, directory: Path) -> None:
-    """`save_pretrained` of the model(s) and the tokenizer, with reward_model.json."""
+    """`save_pretrained` of the model(s) and the tokenizer, with reward_model.json; LoRA
+    adapters are merged into `model`'s weights first (model.merge_lora)."""
+    model.merge_lora()
     directory.mkdir(parents=True, exist_ok=True)
     for name, member in model.models.items():
         folder = directory if model.shared else directory / name

@@ -25,7 +25,7 @@ from orchestrator.model.loading import load_tokenizer
 from orchestrator.model.reward_model import REWARD_MODEL, build_reward_model, save_reward_model
 from orchestrator.training.engine import build_engine
 from orchestrator.training.metrics_log import MetricsLogger
-from orchestrator.training.reward_trainer import WHOLE_MODEL, RewardTrainer
+from orchestrator.training.reward_trainer import TRAINABLE_WEIGHTS, RewardTrainer
 from orchestrator.training.selection import BestAdapter
 from orchestrator.training.trainer import MultiObjectiveTrainer
 
@@ -108,10 +108,12 @@ def train_reward_rank(
         cfg.reward.per_objective,
         tokenizer.pad_token_id,
         cfg.model.dtype,
+        cfg.reward.lora_rank,
+        cfg.reward.lora_alpha,
     ).to(launch.device)
     encoded = encode_pairs(tokenizer, pairs, data.max_prompt_tokens, data.max_response_tokens)
     strategy, ds_cfg = cfg.scaling.strategy, cfg.scaling.deepspeed
-    engine = build_engine(model, cfg.train, strategy, ds_cfg, weights=WHOLE_MODEL)
+    engine = build_engine(model, cfg.train, strategy, ds_cfg, weights=TRAINABLE_WEIGHTS)
     trainer = RewardTrainer(model, encoded, tokenizer.pad_token_id, cfg.train, engine)
     if launch.restore is not None:
         launch.restore(trainer)

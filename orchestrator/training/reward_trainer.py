@@ -1,6 +1,6 @@
-"""The reward-model trainer: every weight of the reward model(s) trained with the Bradley–Terry
-loss of each objective on the pairs' labels, step by step, through the same engines, data order
-and checkpoints as the policy trainer.
+"""The reward-model trainer: the reward model(s)' trainable weights (every weight, or LoRA adapters
+and the heads) trained with the Bradley–Terry loss of each objective on the pairs' labels, step
+by step, through the same engines, data order and checkpoints as the policy trainer.
 
 A step's examples are a pure function of (seed, step), so a resumed run repeats the same steps;
 each objective's loss is normalised by the global batch's non-tie count, so a step is the same
@@ -44,8 +44,8 @@ def _load_weights(model: nn.Module, directory: Path) -> None:
             expected[name].copy_(tensor)
 
 
-# Every weight of the reward model(s), backbone and heads.
-WHOLE_MODEL = TrainedWeights(
+# What trains of the reward model(s): backbone and heads, or LoRA adapters and heads.
+TRAINABLE_WEIGHTS = TrainedWeights(
     parameters=lambda model: list(_trainable(model).values()),
     save=_save_weights,
     load=_load_weights,
@@ -67,7 +67,7 @@ class RewardStep:
 
 
 class RewardTrainer(PairTrainer):
-    weights = WHOLE_MODEL
+    weights = TRAINABLE_WEIGHTS
 
     def prepare(self) -> None:
         """Nothing to compute before the first step (the policy trainer's reference pass)."""

@@ -21,10 +21,15 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture
 def make_trainer(tiny_base_dir, tokenizer, encoded):
-    def make(per_objective=False, **changes) -> RewardTrainer:
-        torch.manual_seed(0)  # the heads' initialisation
+    def make(per_objective=False, lora_rank=None, **changes) -> RewardTrainer:
+        torch.manual_seed(0)  # the heads' (and LoRA's) initialisation
         model = build_reward_model(
-            str(tiny_base_dir), OBJECTIVES, per_objective, tokenizer.pad_token_id, "float32"
+            str(tiny_base_dir),
+            OBJECTIVES,
+            per_objective,
+            tokenizer.pad_token_id,
+            "float32",
+            lora_rank=lora_rank,
         )
         base = {"batch_size": 8, "max_steps": 4, "warmup_steps": 1, "learning_rate": 1e-3}
         cfg = TrainSection(**{**base, **changes})
@@ -63,17 +68,19 @@ def test_gradient_accumulation_equals_one_big_batch(make_trainer, per_objective)
     assert max((final[n] - expected[n]).abs().max().item() for n in expected) < 1e-5
 
 
-def test_resume_from_a_checkpoint_continues_exactly(make_trainer, tmp_path):
-    straight = make_trainer()
+@pytest.mark.parametrize("lora_rank", [None, 2])
+def test_resume_from_a_checkpoint_continues_exactly(make_trainer, tmp_path, lora_rank):
+    straight = make_trainer(lora_rank=lora_rank)
     losses = [straight.train_step().loss for _ in range(4)]
-    first = make_trainer()
+    first = make_trainer(lora_rank=lora_rank)
     for _ in range(2):
         first.train_step()
     save_checkpoint(tmp_path, first)
-    resumed = make_trainer(learning_rate=1e-3)
+    resumed = make_trainer(lora_rank=lora_rank, learning_rate=1e-3)
     with torch.no_grad():  # other weights, so only the checkpoint can make the runs agree
         for p in resumed.model.parameters():
-            p.add_(0.1)
+            if p.requires_grad:
+                p.add_(0.1)
     load_checkpoint(tmp_path, resumed)
     assert resumed.step == 2
     assert [resumed.train_step().loss for _ in range(2)] == losses[2:]
@@ -131,3 +138,38 @@ def test_training_orders_its_pairs_as_their_labels(make_trainer, encoded, tokeni
     after, loss_after = measured()
     assert all(a >= 0.85 for a in after), (before, after)
     assert loss_after < loss_before / 2, (loss_before, loss_after)
+
+
+def test_lora_trains_adapters_and_heads_and_saves_a_plain_model_of_low_rank_changes(
+    make_trainer, tiny_base_dir, tokenizer, encoded, tmp_path
+):
+    from transformers import AutoModelForSequenceClassification
+
+    trainer = make_trainer(lora_rank=2, max_steps=40, learning_rate=3e-3)
+    model = trainer.model
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in n or ".score." in n for n in trained), sorted(trained)
+    losses = [trainer.train_step().loss for _ in range(40)]
+    assert sum(losses[-5:]) < sum(losses[:5]) / 2, losses
+    batch = collate_pairs(encoded[:4], tokenizer.pad_token_id)
+    with torch.no_grad():
+        before = model(batch["input_ids"], batch["attention_mask"])
+    save_reward_model(model, tokenizer, tmp_path / "rm")
+    saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
+    with torch.no_grad():
+        logits = saved(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.allclose(logits, before, atol=1e-5)
+    # The backbone changed by a rank-2 update in every linear layer and nowhere else.
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_base_dir, num_labels=2)
+    base_weights = dict(base.named_parameters())
+    changed = 0
+    for name, weight in saved.named_parameters():
+        if name.startswith("score."):
+            continue
+        delta = weight.detach() - base_weights[name].detach()
+        if weight.dim() == 2 and "proj" in name:
+            assert torch.linalg.matrix_rank(delta, atol=1e-6) <= 2, name
+            changed += bool(delta.abs().max() > 0)
+        else:
+            assert torch.equal(delta, torch.zeros_like(delta)), name
+    assert changed == 14  # q, k, v, o, gate, up and down of both layers
