@@ -22,8 +22,8 @@ from orchestrator.config.sections import GenerationSection
 from orchestrator.data.assistant_task import AssistantTask
 from orchestrator.data.encoding import encode_prompt
 from orchestrator.distributed.generation import GenerationRequest, pool_for
-from orchestrator.model.generate import SamplingParams, stop_token_ids
 from orchestrator.model.loading import load_model, load_tokenizer, resolve_model_path
+from orchestrator.model.sampling import SamplingParams, stop_token_ids
 from orchestrator.model.svd_lora import inject_svd_lora, set_preference
 
 

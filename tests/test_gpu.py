@@ -6,8 +6,9 @@ import torch
 from orchestrator.config.sections import TrainSection
 from orchestrator.data.assistant_task import AssistantTask
 from orchestrator.data.encoding import encode_pairs
-from orchestrator.model.generate import SamplingParams, generate
+from orchestrator.model.generate import generate
 from orchestrator.model.loading import load_model, load_tokenizer
+from orchestrator.model.sampling import SamplingParams
 from orchestrator.model.svd_lora import adapter_parameters, inject_svd_lora, preference
 from orchestrator.training.trainer import MultiObjectiveTrainer
 

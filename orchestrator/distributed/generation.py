@@ -31,7 +31,8 @@ from orchestrator.model.adapter_io import (
     inject_from_config,
     load_adapter_tensors,
 )
-from orchestrator.model.generate import SamplingParams, generate_ids
+from orchestrator.model.generate import generate_ids
+from orchestrator.model.sampling import SamplingParams
 from orchestrator.model.svd_lora import SVDLoRAConfig, svd_lora_config
 
 ACTOR_FAILURES = RayActorError  # died, or unavailable while Ray restarts it

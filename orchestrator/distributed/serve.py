@@ -34,14 +34,9 @@ from orchestrator.config.sections import ServeSection
 from orchestrator.data.encoding import chat_text, prompt_text
 from orchestrator.errors import MoaError
 from orchestrator.model.adapter_io import load_adapter_tensors, read_adapter
-from orchestrator.model.generate import (
-    Piece,
-    SamplingParams,
-    decode_steps,
-    left_pad,
-    stop_token_ids,
-)
+from orchestrator.model.generate import decode_steps, left_pad
 from orchestrator.model.loading import load_model, load_tokenizer, resolve_model_path
+from orchestrator.model.sampling import Piece, SamplingParams, stop_token_ids
 from orchestrator.model.svd_lora import preference
 from orchestrator.serving.openai_api import (
     ApiError,

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from orchestrator.evaluation.metrics import hypervolume, inner_product, spacing, sparsity
-from orchestrator.model.generate import SamplingParams, generate
+from orchestrator.model.generate import generate
+from orchestrator.model.sampling import SamplingParams
 from orchestrator.model.svd_lora import adapter_disabled, has_svd_lora, svd_lora_config
 
 GREEDY = SamplingParams(max_new_tokens=96)

@@ -14,7 +14,7 @@ from orchestrator.evaluation.front import (
     evaluate_front,
 )
 from orchestrator.evaluation.scorers import Scorers
-from orchestrator.model.generate import SamplingParams
+from orchestrator.model.sampling import SamplingParams
 from orchestrator.objectives.grid import simplex_grid
 
 

@@ -1,15 +1,15 @@
-"""Batched generation with a KV cache and a preference vector per row.
+"""Generation with a preference vector per row: `generate` answers prompts through the continuous
+decoder (model/decoder.py), up to batch_size rows at a time, each row at its own λ; a row that
+finishes makes room for the next prompt at once. A row generates the same tokens in any batch as
+alone, and a seeded sampled row the same text whatever batch it lands in.
 
-One forward pass serves many different λ: each row of the batch carries its own λ into every
-SVD-LoRA layer. Prompts are left-padded; position ids skip the padding, so a row generates the same
-tokens in a batch as alone. Greedy when temperature is 0, else temperature / top-p sampling with a
-generator per row, so a seeded request gives the same text whatever batch it lands in.
+`decode_steps` is the static path the server still decodes with: left-padded rows, one batch,
+run until its longest answer ends.
 """
 
-import inspect
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -17,32 +17,10 @@ from tqdm import tqdm
 
 from orchestrator.data.encoding import encode_prompt
 from orchestrator.errors import MoaError
+from orchestrator.model.decoder import ContinuousDecoder
+from orchestrator.model.sampling import Piece, SamplingParams, next_tokens, stop_token_ids
 from orchestrator.model.svd_lora import preference, svd_lora_config
 from orchestrator.objectives.preference import PreferenceLike, validate_preference
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise MoaError(f"max_new_tokens must be ≥ 1; got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise MoaError(f"temperature must be ≥ 0; got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise MoaError(f"top_p must be in (0, 1]; got {self.top_p}")
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One row's output of one decoding step."""
-
-    token: int | None  # the new token; None when it is the stop token
-    finish: str | None = None  # on the row's last piece: "stop" (stop token) or "length"
 
 
 @torch.inference_mode()
@@ -61,10 +39,6 @@ def decode_steps(
     """
     rows = input_ids.shape[0]
     device = input_ids.device
-    generators = [
-        torch.Generator(device=device).manual_seed(p.seed) if p.temperature > 0 else None
-        for p in params
-    ]
     limits = torch.tensor([p.max_new_tokens for p in params], device=device)
     stops = torch.tensor(sorted(stop_token_ids), device=device)
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -72,12 +46,11 @@ def decode_steps(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=positions,
-        **_last_logits_only(model),
     )
     cache, logits = out.cache, out.logits[:, -1]
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     for t in range(int(limits.max())):
-        token = _next_tokens(logits, params, generators)
+        token = next_tokens(logits, params, [t] * rows)
         stopped = torch.isin(token, stops) & ~done
         finished = (stopped | (t + 1 >= limits)) & ~done
         yield [
@@ -120,41 +93,6 @@ def generate_tokens(
             if piece is not None and piece.token is not None:
                 result[row].append(piece.token)
     return result
-
-
-def _last_logits_only(model: nn.Module) -> dict:
-    """Ask for the last position's logits only, where the model supports it: a prefill of
-    [B, T, vocab] logits is large for a 150k vocabulary."""
-    accepts = "logits_to_keep" in inspect.signature(model.forward).parameters
-    return {"logits_to_keep": 1} if accepts else {}
-
-
-def stop_token_ids(model: nn.Module, tokenizer) -> set[int]:
-    """The tokenizer's EOS plus the model's generation-config EOS ids (Llama 3 has several)."""
-    ids = {tokenizer.eos_token_id}
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if configured is not None:
-        ids |= set(configured) if isinstance(configured, list | tuple) else {configured}
-    return {i for i in ids if i is not None}
-
-
-def _next_tokens(
-    logits: torch.Tensor, params: Sequence[SamplingParams], generators
-) -> torch.Tensor:
-    greedy = logits.argmax(-1)
-    if all(g is None for g in generators):
-        return greedy
-    tokens = greedy.clone()
-    for row, (p, generator) in enumerate(zip(params, generators, strict=True)):
-        if generator is None:
-            continue
-        probs = torch.softmax(logits[row].float() / p.temperature, dim=-1)
-        if p.top_p < 1:
-            sorted_probs, order = probs.sort(descending=True)
-            keep = sorted_probs.cumsum(-1) - sorted_probs < p.top_p  # always keeps the top token
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-        tokens[row] = torch.multinomial(probs, 1, generator=generator)[0]
-    return tokens
 
 
 def generate(
@@ -201,29 +139,31 @@ def generate_ids(
             raise MoaError(
                 f"preferences must have shape [m] or [{len(prompts)}, m]; got {list(lam.shape)}"
             )
-    device = next(model.parameters()).device
-    stops = stop_token_ids(model, tokenizer)
+    decoder = ContinuousDecoder(
+        model,
+        tokenizer.pad_token_id,
+        stop_token_ids(model, tokenizer),
+        max_num_seqs=min(batch_size, len(prompts)) or 1,
+        max_prompt_tokens=max_prompt_tokens,
+        max_new_tokens=max((p.max_new_tokens for p in params), default=1),
+    )
+    for i, prompt in enumerate(prompts):
+        row_lam = None if lam is None else lam[i].tolist()
+        decoder.add(i, encode_prompt(tokenizer, prompt, max_prompt_tokens), row_lam, params[i])
     was_training = model.training
     model.eval()
-    answers: list[list[int]] = []
+    answers: list[list[int]] = [[] for _ in prompts]
+    bar = tqdm(total=len(prompts), desc="generate", unit="answer", disable=not progress)
+    restored = nullcontext() if lam is None else preference(model, lam[:1])  # the λ set before
     try:
-        starts = range(0, len(prompts), batch_size)
-        for start in tqdm(starts, desc="generate", unit="batch", disable=not progress):
-            chunk = slice(start, start + batch_size)
-            input_ids, attention_mask = _left_padded(
-                tokenizer, prompts[chunk], max_prompt_tokens, device
-            )
-            steering = nullcontext() if lam is None else preference(model, lam[chunk])
-            with steering:
-                answers += generate_tokens(
-                    model,
-                    input_ids,
-                    attention_mask,
-                    params[chunk],
-                    stops,
-                    tokenizer.pad_token_id,
-                )
+        with restored:
+            while decoder.has_work():
+                for i, piece in decoder.step():
+                    if piece.token is not None:
+                        answers[i].append(piece.token)
+                    bar.update(piece.finish is not None)
     finally:
+        bar.close()
         model.train(was_training)
     return answers
 

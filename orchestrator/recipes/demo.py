@@ -9,7 +9,8 @@ from orchestrator.config import RunConfig, load_config
 from orchestrator.data.assistant_task import AssistantTask, topic_of
 from orchestrator.errors import MoaError
 from orchestrator.evaluation.report import summary_lines
-from orchestrator.model.generate import SamplingParams, generate
+from orchestrator.model.generate import generate
+from orchestrator.model.sampling import SamplingParams
 from orchestrator.recipes.panacea import RunResult, run_panacea
 
 QUICK_OVERRIDES = [

@@ -50,8 +50,8 @@ from orchestrator.evaluation.report import plot_fronts, read_front
 from orchestrator.evaluation.scorers import Scorers, check_reward_models
 from orchestrator.evaluation.sipo_report import front_stats, render_sipo_report
 from orchestrator.model.adapter_io import ADAPTER_CONFIG, load_adapter
-from orchestrator.model.generate import SamplingParams
 from orchestrator.model.loading import load_model, load_tokenizer
+from orchestrator.model.sampling import SamplingParams
 from orchestrator.recipes.evaluate import front_on_pool, run_pool
 from orchestrator.recipes.inputs import check_training_inputs
 from orchestrator.recipes.panacea import ensure_panacea

@@ -8,8 +8,9 @@ import pytest
 from orchestrator.config.sections import GenerationSection, TrainSection
 from orchestrator.distributed.generation import GenerationPool, GenerationRequest
 from orchestrator.errors import MoaError
-from orchestrator.model.generate import SamplingParams, generate
+from orchestrator.model.generate import generate
 from orchestrator.model.loading import load_model
+from orchestrator.model.sampling import SamplingParams
 from orchestrator.model.svd_lora import inject_svd_lora, svd_lora_config
 from orchestrator.training.trainer import MultiObjectiveTrainer
 

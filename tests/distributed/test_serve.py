@@ -18,8 +18,9 @@ from ray import serve
 from orchestrator.data.encoding import encode_prompt
 from orchestrator.distributed.serve import deploy
 from orchestrator.model.adapter_io import adapter_version, load_adapter, save_adapter
-from orchestrator.model.generate import SamplingParams, generate
+from orchestrator.model.generate import generate
 from orchestrator.model.loading import load_model
+from orchestrator.model.sampling import SamplingParams
 from orchestrator.model.svd_lora import inject_svd_lora
 from orchestrator.recipes.serve import served_model
 

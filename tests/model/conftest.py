@@ -36,6 +36,17 @@ def build_llama(
     return LlamaForCausalLM(config).eval()
 
 
+@pytest.fixture
+def model(tiny_base_dir, perturb):
+    """The tiny base with a random non-zero SVD-LoRA adapter, so λ changes what it writes."""
+    from orchestrator.model.loading import load_model
+    from orchestrator.model.svd_lora import inject_svd_lora
+
+    steerable = inject_svd_lora(load_model(str(tiny_base_dir)), 2, rank=4, alpha=8.0)
+    perturb(steerable)
+    return steerable.eval()
+
+
 @pytest.fixture(scope="session")
 def make_llama():
     """A factory: make_llama(seed, **sizes) → a tiny random LlamaForCausalLM in eval mode.

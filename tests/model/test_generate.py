@@ -7,17 +7,11 @@ from torch import nn
 
 from orchestrator.data.encoding import encode_prompt
 from orchestrator.errors import MoaError
-from orchestrator.model.generate import (
-    Piece,
-    SamplingParams,
-    decode_steps,
-    generate,
-    generate_tokens,
-)
-from orchestrator.model.loading import load_model, load_tokenizer
+from orchestrator.model.generate import decode_steps, generate, generate_tokens
+from orchestrator.model.loading import load_model
+from orchestrator.model.sampling import Piece, SamplingParams
 from orchestrator.model.svd_lora import (
     adapter_disabled,
-    inject_svd_lora,
     preference,
     svd_lora_layers,
 )
@@ -30,19 +24,6 @@ PROMPTS = [
 ]
 LAMBDAS = [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.2, 0.8]]
 GREEDY = SamplingParams(max_new_tokens=10)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_base_dir):
-    return load_tokenizer(str(tiny_base_dir))
-
-
-@pytest.fixture
-def model(tiny_base_dir, perturb):
-    """The tiny base with a random non-zero SVD-LoRA adapter, so λ changes what it writes."""
-    steerable = inject_svd_lora(load_model(str(tiny_base_dir)), 2, rank=4, alpha=8.0)
-    perturb(steerable)
-    return steerable.eval()
 
 
 def left_pad(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,7 +213,7 @@ class FixedLogits(nn.Module):
         (1.0, 1.0, [0.5, 0.3, 0.15, 0.05]),
         (1.0, 0.7, [0.625, 0.375, 0.0, 0.0]),  # nucleus {0, 1}: cumsum before each < 0.7
         (1.0, 0.9, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0]),
-        (0.5, 1.0, [0.25 / 0.345, 0.09 / 0.345, 0.0225 / 0.345, 0.0025 / 0.345]),
+        (0.5, 1.0, [0.25 / 0.365, 0.09 / 0.365, 0.0225 / 0.365, 0.0025 / 0.365]),
     ],
 )
 def test_sampling_follows_temperature_and_top_p(temperature, top_p, expected):
@@ -251,7 +232,11 @@ def test_sampling_follows_temperature_and_top_p(temperature, top_p, expected):
     ("kwargs", "message"),
     [
         ({"max_new_tokens": 0}, "max_new_tokens must be ≥ 1; got 0"),
-        ({"temperature": -0.5}, "temperature must be ≥ 0; got -0.5"),
+        ({"temperature": -0.5}, r"temperature must be 0 \(greedy\) or in \[0.001, 100\]; got -0.5"),
+        ({"temperature": 1e-39}, "temperature must be 0"),  # 1 / T overflows
+        ({"temperature": 1e6}, "temperature must be 0"),
+        ({"seed": 2**64}, r"seed must be in \[0, 2\^64 - 1\]; got 18446744073709551616"),
+        ({"seed": -1}, "seed must be in"),
         ({"top_p": 0.0}, r"top_p must be in \(0, 1\]; got 0"),
         ({"top_p": 1.5}, r"top_p must be in \(0, 1\]; got 1.5"),
         ({"top_p": -0.1}, "top_p must be in"),

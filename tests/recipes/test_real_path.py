@@ -26,8 +26,9 @@ from orchestrator.evaluation.report import read_front
 from orchestrator.evaluation.run_front import split_prompts
 from orchestrator.evaluation.scorers import Scorers
 from orchestrator.model.adapter_io import load_adapter
-from orchestrator.model.generate import SamplingParams, generate
+from orchestrator.model.generate import generate
 from orchestrator.model.loading import load_model
+from orchestrator.model.sampling import SamplingParams
 from orchestrator.recipes import run_folder
 from orchestrator.recipes.serve import served_model
 from orchestrator.training.metrics_log import read_metrics
