@@ -1,10 +1,9 @@
 """Continuous against static batching, on one model in this process: the same requests, each
 with its own λ and a max_tokens drawn from 8–128, answered by
 
-  static      chunks of `slots` requests in arrival order, each chunk decoded until its longest
-              answer ends (decode_steps: what the pool and the server did before)
-  continuous  the ContinuousDecoder with `slots` slots: a finished row's slot takes the next
-              request at the next step
+  static      the decoder with refill off: `slots` requests in arrival order, decoded until the
+              longest of them ends, then the next `slots` (what the pool and server did before)
+  continuous  the decoder: a finished row's slot takes the next request at the next step
 
 tokens/s counts generated tokens over the wall time; "batch" is the mean number of rows a
 forward pass decodes for; "host ms" is the time per step outside the model's forward passes
@@ -24,10 +23,9 @@ import torch
 from orchestrator.data.assistant_task import AssistantTask
 from orchestrator.data.encoding import encode_prompt
 from orchestrator.model.decoder import ContinuousDecoder
-from orchestrator.model.generate import decode_steps, left_pad
 from orchestrator.model.loading import load_model, load_tokenizer
 from orchestrator.model.sampling import SamplingParams, stop_token_ids
-from orchestrator.model.svd_lora import inject_svd_lora, preference
+from orchestrator.model.svd_lora import inject_svd_lora
 
 
 class ForwardClock:
@@ -65,23 +63,8 @@ def workload(tokenizer, count: int, temperature: float, seed: int) -> list:
     return jobs
 
 
-@torch.inference_mode()
-def static(model, tokenizer, jobs, slots: int) -> tuple[int, int]:
-    """(tokens, steps)"""
-    stops, tokens, steps = stop_token_ids(model, tokenizer), 0, 0
-    for start in range(0, len(jobs), slots):
-        chunk = jobs[start : start + slots]
-        ids, mask = left_pad([j[0] for j in chunk], tokenizer.pad_token_id, "cpu")
-        with preference(model, torch.tensor([j[1] for j in chunk])):
-            for step in decode_steps(
-                model, ids, mask, [j[2] for j in chunk], stops, tokenizer.pad_token_id
-            ):
-                steps += 1
-                tokens += sum(p is not None and p.token is not None for p in step)
-    return tokens, steps
-
-
-def continuous(model, tokenizer, jobs, slots: int) -> tuple[int, int]:
+def decode(model, tokenizer, jobs, slots: int, refill: bool) -> tuple[int, int]:
+    """(tokens, steps) of `jobs` through a decoder of `slots` slots."""
     decoder = ContinuousDecoder(
         model,
         tokenizer.pad_token_id,
@@ -89,6 +72,7 @@ def continuous(model, tokenizer, jobs, slots: int) -> tuple[int, int]:
         max_num_seqs=slots,
         max_prompt_tokens=64,
         max_new_tokens=128,
+        refill=refill,
     )
     for i, (ids, lam, params) in enumerate(jobs):
         decoder.add(i, ids, lam, params)
@@ -121,10 +105,10 @@ def main() -> None:
     for slots in [int(s) for s in args.slots.split(",")]:
         runs: dict = {"static": [], "continuous": []}
         for _ in range(args.repeats):
-            for name, run in (("static", static), ("continuous", continuous)):  # interleaved
+            for name in runs:  # interleaved
                 clock.reset()
                 start = time.perf_counter()
-                tokens, steps = run(model, tokenizer, jobs, slots)
+                tokens, steps = decode(model, tokenizer, jobs, slots, name == "continuous")
                 wall = time.perf_counter() - start
                 host = (wall - clock.seconds) / steps * 1000
                 runs[name].append((tokens / wall, clock.rows / max(clock.passes, 1), steps, host))

@@ -1,19 +1,22 @@
-"""Serving throughput and latency over HTTP, with dynamic batching on and off.
+"""Serving throughput and latency over HTTP: continuous against static batching, same replica.
 
 One replica of the steerable model on a local Ray instance (`moa serve`'s deploy path, 127.0.0.1).
 Each request has its own λ (evenly spread over the simplex of 2 objectives), a held-out prompt of
-the built-in task, greedy, at most `--max-tokens` new tokens. `concurrency` client threads send
-requests back to back. Batching off is max_batch_size 1, switched in place through the
-deployment's user_config, as a hot reload would be. A warm-up round runs before each mode.
-req/s and tokens/s are over the wall time of the whole round; latency is per request, from
-sending it to its last byte. mean batch is this replica's requests per decoding batch.
+the built-in task, greedy, and a max_tokens drawn from 8–`--max-tokens` (seeded). `concurrency`
+client threads send requests back to back. The replica's decoder runs with serve.batching
+continuous (a request joins the running batch at the next step) or static (a batch runs until
+its longest answer ends), switched in place through the deployment's user_config, in turn for
+each concurrency. A warm-up round runs first. req/s and tokens/s are over the wall time of the
+whole round; latency is per request, from sending it to its last byte; mean batch is the rows a
+decoding step of the replica decoded, on average.
 
-    python bench/serve.py --concurrency 1,8,32 --requests 96
+    python bench/serve.py --concurrency 1,8,32,64,128 --requests 256
 """
 
 import argparse
 import json
 import os
+import random
 import tempfile
 import time
 import urllib.request
@@ -38,12 +41,13 @@ def bodies(count: int, max_tokens: int) -> list[dict]:
     from orchestrator.data.assistant_task import AssistantTask
 
     prompts = AssistantTask().prompts("test")
+    rng = random.Random(0)
     return [
         {
             "prompt": prompts[i % len(prompts)],
             "preference": [i / (count - 1), 1 - i / (count - 1)],
             "temperature": 0,
-            "max_tokens": max_tokens,
+            "max_tokens": rng.randint(8, max_tokens),
         }
         for i in range(count)
     ]
@@ -57,14 +61,14 @@ def run_round(url: str, requests: list[dict], concurrency: int) -> dict:
     seconds = time.perf_counter() - start
     stats = get(f"{url}/v1/stats")
     latencies = np.array([r[0] for r in results]) * 1000
-    batches = stats["batches"] - stats_before["batches"]
+    steps = stats["steps"] - stats_before["steps"]
     return {
         "seconds": seconds,
         "rps": len(requests) / seconds,
         "tok_s": sum(r[1] for r in results) / seconds,
         "p50": float(np.percentile(latencies, 50)),
         "p99": float(np.percentile(latencies, 99)),
-        "mean_batch": (stats["requests"] - stats_before["requests"]) / max(batches, 1),
+        "mean_batch": (stats["rows"] - stats_before["rows"]) / max(steps, 1),
     }
 
 
@@ -93,11 +97,10 @@ def fresh_adapter(model: str, directory: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", help="a run or adapter folder (default: builtin:tiny, fresh)")
-    parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--requests", type=int, default=96, help="requests per round")
-    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--concurrency", default="1,8,32,64,128")
+    parser.add_argument("--requests", type=int, default=256, help="requests per round")
+    parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--batch-wait-ms", type=float, default=30.0)
     parser.add_argument("--port", type=int, default=8471)
     args = parser.parse_args()
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -121,35 +124,30 @@ def main() -> None:
             f"serve.default_max_tokens={args.max_tokens}",
             f"serve.num_cpus={max(1, cores - 1)}",
             f"serve.max_ongoing_requests={max(64, 2 * max(concurrency))}",
+            f"serve.max_batch_size={args.max_batch_size}",
         ]
         print(
-            f"{source}: 1 replica ({max(1, cores - 1)} threads), fp32 CPU, {cores} cores, greedy "
-            f"≤ {args.max_tokens} new tokens, a λ per request, {args.requests} requests per round"
+            f"{source}: 1 replica ({max(1, cores - 1)} threads, {args.max_batch_size} slots), fp32 "
+            f"CPU, {cores} cores, greedy, max_tokens 8–{args.max_tokens}, a λ per request, "
+            f"{args.requests} requests per round"
         )
         header = (
-            f"{'batching':>8} {'conc.':>5} {'req/s':>7} {'tok/s':>7} {'p50 ms':>8} "
+            f"{'batching':>10} {'conc.':>5} {'req/s':>7} {'tok/s':>7} {'p50 ms':>8} "
             f"{'p99 ms':>8} {'mean batch':>10}"
         )
         print(header)
         print("-" * len(header))
         results = {}
         try:
-            for mode, batch_size, wait_ms in (
-                ("on", args.max_batch_size, args.batch_wait_ms),
-                ("off", 1, 0.0),
-            ):
-                mode_settings = [
-                    *settings,
-                    f"serve.max_batch_size={batch_size}",
-                    f"serve.batch_wait_timeout_s={wait_ms / 1000}",
-                ]
-                url = deploy(served_model(source, mode_settings))
-                run_round(url, requests[:16], 8)  # warm-up
-                for c in concurrency:
+            url = deploy(served_model(source, [*settings, "serve.batching=continuous"]))
+            run_round(url, requests[:16], 8)  # warm-up
+            for c in concurrency:
+                for mode in ("continuous", "static"):  # interleaved, switched in place
+                    url = deploy(served_model(source, [*settings, f"serve.batching={mode}"]))
                     r = run_round(url, requests, c)
                     results[mode, c] = r
                     print(
-                        f"{mode:>8} {c:>5} {r['rps']:>7.2f} {r['tok_s']:>7.0f} {r['p50']:>8.0f} "
+                        f"{mode:>10} {c:>5} {r['rps']:>7.2f} {r['tok_s']:>7.0f} {r['p50']:>8.0f} "
                         f"{r['p99']:>8.0f} {r['mean_batch']:>10.1f}",
                         flush=True,
                     )
@@ -157,9 +155,9 @@ def main() -> None:
             serve.shutdown()
             ray.shutdown()
     for c in concurrency:
-        if ("on", c) in results and ("off", c) in results:
-            gain = results["on", c]["rps"] / results["off", c]["rps"]
-            print(f"batching gain at concurrency {c}: {gain:.1f}x requests/s")
+        if ("continuous", c) in results and ("static", c) in results:
+            gain = results["continuous", c]["rps"] / results["static", c]["rps"]
+            print(f"continuous / static at concurrency {c}: {gain:.2f}x requests/s")
 
 
 if __name__ == "__main__":

@@ -392,8 +392,10 @@ class ServeSection(Section):
         "best"  # a run folder's best/ (when it has one), adapter/
     )
     default_preference: list[float] | None = None  # default: equal weights
-    max_batch_size: Count = 32  # requests decoded in one batch, each at its own λ
-    batch_wait_timeout_s: Annotated[float, Field(ge=0.0)] = 0.01  # to let a batch fill
+    max_batch_size: Count = 32  # requests decoded together, each at its own λ
+    # continuous: a request joins the running batch at the next decoding step; static: a batch
+    # runs until its longest answer ends before the next one starts (for comparison)
+    batching: Literal["continuous", "static"] = "continuous"
     max_ongoing_requests: Count = 64  # per replica; at least max_batch_size so batches can fill
     max_tokens: Count = 256  # the largest max_tokens a request may ask for
     default_max_tokens: Count = 96

@@ -1,15 +1,15 @@
 """The steerable model on Ray Serve: an OpenAI-compatible API with a preference λ per request.
 
 One deployment, `SteerableModel`, behind a FastAPI ingress. A replica holds the base model with its
-SVD-LoRA adapter. Requests at different λ are decoded together: `@serve.batch` gathers up to
-max_batch_size of them (waiting at most batch_wait_timeout_s), and every decoding step is one
-forward pass in which each row carries its own λ (model/generate.py's decode_steps). Tokens stream
-out as they are decoded; a request that does not stream gathers its own.
+SVD-LoRA adapter and one continuous decoder (model/decoder.py, stepped by serving/decode_loop.py):
+up to max_batch_size requests decode together, each at its own λ, and a request that arrives joins
+the running batch at the next step. Tokens stream out as they are decoded; a request that does
+not stream gathers its own.
 
-The adapter and the two batching knobs are the deployment's user_config. Deploying the app again
-with only those changed reloads them in place (`reconfigure`): the batch in flight finishes on the
-old adapter and the next batch decodes with the new one, so no request fails. Changing anything
-else restarts the replicas. `moa serve` deploys through Serve's declarative config, as
+The adapter and the batching knobs are the deployment's user_config. Deploying the app again with
+only those changed reloads them in place (`reconfigure`): new requests wait while the admitted
+ones finish on the old adapter, then decode with the new one, so no request fails. Changing
+anything else restarts the replicas. `moa serve` deploys through Serve's declarative config, as
 `serve deploy` does, because only that path keeps the replicas when only the user_config changes.
 """
 
@@ -17,8 +17,7 @@ import asyncio
 import json
 import secrets
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,15 +28,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.config.sections import ServeSection
 from orchestrator.data.encoding import chat_text, prompt_text
 from orchestrator.errors import MoaError
 from orchestrator.model.adapter_io import load_adapter_tensors, read_adapter
-from orchestrator.model.generate import decode_steps, left_pad
+from orchestrator.model.decoder import ContinuousDecoder
 from orchestrator.model.loading import load_model, load_tokenizer, resolve_model_path
 from orchestrator.model.sampling import Piece, SamplingParams, stop_token_ids
-from orchestrator.model.svd_lora import preference
+from orchestrator.serving.decode_loop import DecodeFailed, DecodeJob, DecodeLoop
 from orchestrator.serving.openai_api import (
     ApiError,
     ChatBody,
@@ -50,11 +50,15 @@ from orchestrator.serving.openai_api import (
     parse_body,
     preference_map,
     resolve_preference,
+    server_error,
     sse,
     usage,
 )
+from orchestrator.serving.text_stream import TextStream
 
 DEPLOYMENT = "SteerableModel"
+MAX_BODY_BYTES = 1 << 20
+BODY_TIMEOUT_S = 10.0  # for the whole body to arrive
 IMPORT_PATH = "orchestrator.distributed.serve:build_app"
 
 
@@ -80,16 +84,7 @@ class LiveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     adapter: str
     max_batch_size: Annotated[int, Field(ge=1)]
-    batch_wait_timeout_s: Annotated[float, Field(ge=0.0)]
-
-
-@dataclass(frozen=True)
-class DecodeJob:
-    """One answer to decode: its prompt tokens, λ and sampling parameters."""
-
-    prompt_ids: list[int]
-    preference: list[float]
-    params: SamplingParams
+    batching: Literal["continuous", "static"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +105,48 @@ async def _client_error(request: Request, err: ApiError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
 
 
+@api.exception_handler(StarletteHTTPException)
+async def _route_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    """Unknown routes and methods, in the API's own error shape."""
+    message = f"{request.method} {request.url.path}: {err.detail}"
+    return JSONResponse(
+        ApiError(err.status_code, None, message).body(), status_code=err.status_code
+    )
+
+
+async def read_body(request: Request) -> bytes:
+    """The body of a JSON request: refused if it is not JSON, larger than MAX_BODY_BYTES or
+    slower to arrive than BODY_TIMEOUT_S, before it is read whole."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise ApiError(415, None, f"send the body as Content-Type: application/json; got {kind!r}")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, None, f"the request body is over {MAX_BODY_BYTES} bytes")
+    chunks: list[bytes] = []
+
+    async def read() -> None:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise ApiError(413, None, f"the request body is over {MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), BODY_TIMEOUT_S)
+    except TimeoutError:
+        raise ApiError(
+            408, None, f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s"
+        ) from None
+    return b"".join(chunks)
+
+
+@api.exception_handler(DecodeFailed)
+async def _decode_failed(request: Request, err: DecodeFailed) -> JSONResponse:
+    return JSONResponse(server_error(str(err)), status_code=500)
+
+
 @serve.deployment(name=DEPLOYMENT)
 @serve.ingress(api)
 class SteerableModel:
@@ -119,98 +156,86 @@ class SteerableModel:
         self.tokenizer = load_tokenizer(self.spec.base_model)
         self.model = load_model(self.spec.base_model, self.spec.dtype, self.spec.device).eval()
         self.stops = stop_token_ids(self.model, self.tokenizer)
-        self.lock = asyncio.Lock()  # one batch at a time; a reload waits for the batch in flight
+        # No token spans more characters than its vocabulary string: a bound on the tokens of a
+        # prompt before tokenising it.
+        self.token_chars = max(len(token) for token in self.tokenizer.get_vocab())
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         self.adapter: tuple[str, str] | None = None  # (path, version)
         self.trained_at: tuple[float, ...] | None = None  # the adapter's one λ, if fixed
-        self.batch_sizes: Counter[int] = Counter()
+        self.live: LiveConfig | None = None
+        self.loop = DecodeLoop(self._new_decoder, lambda: self.adapter[1], self.executor)
+
+    def _new_decoder(self) -> ContinuousDecoder:
+        live = self.live
+        return ContinuousDecoder(
+            self.model,
+            self.tokenizer.pad_token_id,
+            self.stops,
+            max_num_seqs=live.max_batch_size if live else 1,
+            max_prompt_tokens=self.spec.max_prompt_tokens,
+            max_new_tokens=self.spec.max_tokens,
+            refill=live is None or live.batching == "continuous",
+        )
 
     async def reconfigure(self, user_config: dict) -> None:
         live = LiveConfig.model_validate(user_config)
-        self._decode.set_max_batch_size(live.max_batch_size)
-        self._decode.set_batch_wait_timeout_s(live.batch_wait_timeout_s)
         loop = asyncio.get_running_loop()
         config, tensors, version = await loop.run_in_executor(None, read_adapter, live.adapter)
-        if self.adapter is not None and self.adapter[1] == version:
-            return
         names = list(config.objective_names or self.spec.objectives)
         if config.num_objectives != len(self.spec.objectives) or names != self.spec.objectives:
             raise MoaError(
                 f"the adapter at {live.adapter} has objectives {config.objective_names}; "
                 f"this deployment serves {self.spec.objectives}"
             )
-        async with self.lock:
-            await loop.run_in_executor(
-                self.executor, load_adapter_tensors, self.model, config, tensors
-            )
-            self.adapter = (live.adapter, version)
-            self.trained_at = config.trained_at
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _decode(self, jobs: list[DecodeJob]) -> AsyncIterator[list]:
-        """Decode a batch of jobs together; yields, per step, each job's (Piece, adapter version),
-        or StopIteration once it has finished."""
-        async with self.lock:
-            self.batch_sizes[len(jobs)] += 1
-            version = self.adapter[1]
-            steps = self._steps(jobs)
-            loop = asyncio.get_running_loop()
-            while (
-                step := await loop.run_in_executor(self.executor, next, steps, None)
-            ) is not None:
-                yield [StopIteration if piece is None else (piece, version) for piece in step]
-
-    def _steps(self, jobs: Sequence[DecodeJob]):
-        device = next(self.model.parameters()).device
-        input_ids, mask = left_pad(
-            [j.prompt_ids for j in jobs], self.tokenizer.pad_token_id, device
-        )
-        lam = torch.tensor([j.preference for j in jobs], dtype=torch.float32, device=device)
-        with preference(self.model, lam):
-            yield from decode_steps(
-                self.model,
-                input_ids,
-                mask,
-                [j.params for j in jobs],
-                self.stops,
-                self.tokenizer.pad_token_id,
-            )
+        async with self.loop.drained():
+            if self.adapter is None or self.adapter[1] != version:
+                await loop.run_in_executor(
+                    self.executor, load_adapter_tensors, self.model, config, tensors
+                )
+                self.adapter = (live.adapter, version)
+                self.trained_at = config.trained_at
+            shape = (live.max_batch_size, live.batching)
+            rebuild = self.live is None or shape != (self.live.max_batch_size, self.live.batching)
+            self.live = live
+            if rebuild:
+                self.loop.rebuild()
 
     async def _stream(self, job: DecodeJob) -> AsyncIterator[tuple[str, Piece, str]]:
-        """(new text, piece, adapter version) as the job decodes. Text is held back while it ends
-        in an incomplete character, so the pieces add up to the whole answer's text."""
-        ids: list[int] = []
-        sent = 0
-        async for piece, version in self._decode(job):
-            if piece.token is not None:
-                ids.append(piece.token)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            if text.endswith("\ufffd") and piece.finish is None:
-                yield "", piece, version
-                continue
-            yield text[sent:], piece, version
-            sent = len(text)
+        """(new text, piece, adapter version) as the job decodes; the pieces' texts add up to
+        the whole answer's."""
+        text = TextStream(self.tokenizer)
+        async for piece, version in self.loop.pieces(job):
+            yield text.push(piece.token, last=piece.finish is not None), piece, version
 
     async def _answer(self, job: DecodeJob) -> DecodedAnswer:
         """The whole answer, its text decoded once at the end."""
         ids: list[int] = []
-        async for piece, version in self._decode(job):
+        async for piece, version in self.loop.pieces(job):
             if piece.token is not None:
                 ids.append(piece.token)
             last = (piece.finish, version)
         return DecodedAnswer(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), *last)
+
+    async def _tokenised(self, *args) -> DecodeJob:
+        """_job off the event loop: a long prompt does not hold up other requests."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._job, *args)
 
     def _job(
         self, body: GenerationBody, content, render, field: str, lam: list[float]
     ) -> DecodeJob:
         """The job answering `content` (a prompt, or chat messages) formatted by `render`."""
         raw = content if isinstance(content, str) else "".join(m["content"] for m in content)
+        limit = self.spec.max_prompt_tokens
+        if len(raw) > self.token_chars * limit:  # too many tokens whatever they are
+            raise ApiError(
+                400, field, f"{field} is over {limit} tokens; this server takes at most {limit}"
+            )
         try:
             text = render(self.tokenizer, content)
         except MoaError as err:
             raise ApiError(400, field, str(err)) from None
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        check_prompt(ids, raw, field, self.spec.max_prompt_tokens)
+        check_prompt(ids, raw, field, limit)
         limit_field = "max_tokens"
         requested = body.max_tokens
         if isinstance(body, ChatBody) and body.max_completion_tokens is not None:
@@ -230,12 +255,12 @@ class SteerableModel:
 
     @api.post("/v1/completions")
     async def completions(self, request: Request):
-        body = parse_body(await request.body(), CompletionBody)
+        body = parse_body(await read_body(request), CompletionBody)
         lam = self._preference(body)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts:
             raise ApiError(400, "prompt", "prompt is an empty list")
-        jobs = [self._job(body, p, prompt_text, "prompt", lam) for p in prompts]
+        jobs = [await self._tokenised(body, p, prompt_text, "prompt", lam) for p in prompts]
         head = {"preference": preference_map(lam, self.spec.objectives)}
         request_id = new_id("cmpl")
 
@@ -254,10 +279,10 @@ class SteerableModel:
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
-        body = parse_body(await request.body(), ChatBody)
+        body = parse_body(await read_body(request), ChatBody)
         lam = self._preference(body)
         messages = [m.model_dump() for m in body.messages]
-        job = self._job(body, messages, chat_text, "messages", lam)
+        job = await self._tokenised(body, messages, chat_text, "messages", lam)
         head = {"preference": preference_map(lam, self.spec.objectives)}
         request_id = new_id("chatcmpl")
 
@@ -291,39 +316,51 @@ class SteerableModel:
 
     def _sse(self, jobs: list[DecodeJob], body, chunk, head, kind, request_id) -> StreamingResponse:
         """The answers as server-sent events: chunks as tokens decode, the usage last when the
-        client asked for it, then [DONE]."""
+        client asked for it, then [DONE]; if decoding fails, an error event, and the stream
+        ends."""
 
         async def events():
             queue: asyncio.Queue = asyncio.Queue()
 
             async def pump(index: int, job: DecodeJob):
                 tokens = 0
-                async for text, piece, version in self._stream(job):
-                    tokens += piece.token is not None
-                    await queue.put(chunk(index, text, piece.finish, version))
+                try:
+                    async for text, piece, version in self._stream(job):
+                        tokens += piece.token is not None
+                        await queue.put(chunk(index, text, piece.finish, version))
+                except DecodeFailed as err:
+                    await queue.put(err)
+                    return
                 await queue.put((index, tokens))
 
+            role = None  # a chat stream opens with the role, on the adapter it decodes with
             if kind == "chat.completion.chunk":
-                first = {
+                role = {
                     "index": 0,
                     "delta": {"role": "assistant", "content": ""},
                     "logprobs": None,
                     "finish_reason": None,
                 }
-                yield sse(self._envelope(kind, request_id, self.adapter[1], head, [first]))
             tasks = [asyncio.create_task(pump(i, job)) for i, job in enumerate(jobs)]
             try:
-                finished, completion_tokens = 0, 0
+                finished, completion_tokens, version = 0, 0, self.adapter[1]
                 while finished < len(jobs):
                     item = await queue.get()
+                    if isinstance(item, DecodeFailed):
+                        yield sse(server_error(str(item)))
+                        return
                     if isinstance(item, tuple):
                         finished += 1
                         completion_tokens += item[1]
                         continue
+                    version = item["adapter_version"]
+                    if role is not None:
+                        yield sse(self._envelope(kind, request_id, version, head, [role]))
+                        role = None
                     yield sse(item)
                 if body.stream_options is not None and body.stream_options.include_usage:
                     prompt_tokens = sum(len(job.prompt_ids) for job in jobs)
-                    tail = self._envelope(kind, request_id, self.adapter[1], head, [])
+                    tail = self._envelope(kind, request_id, version, head, [])
                     tail["usage"] = usage(prompt_tokens, completion_tokens)
                     yield sse(tail)
                 yield sse("[DONE]")
@@ -357,7 +394,7 @@ class SteerableModel:
                 self.trained_at or spec.default_preference, spec.objectives
             ),
             "trained_at": trained_at,
-            "adapter": self.adapter[0],
+            "adapter": Path(self.adapter[0]).name,
             "adapter_version": self.adapter[1],
             "model": spec.model_name,
             "accepts": {
@@ -370,16 +407,19 @@ class SteerableModel:
 
     @api.get("/v1/stats")
     async def stats(self) -> dict:
-        """This replica's batches so far: how many of each size."""
-        sizes = dict(sorted(self.batch_sizes.items()))
+        """This replica's decoding so far: requests admitted, decoding steps, and the rows a
+        step decoded (mean and most)."""
+        loop = self.loop
         return {
             "replica": serve.get_replica_context().replica_id.unique_id,
-            "batches": sum(sizes.values()),
-            "requests": sum(size * count for size, count in sizes.items()),
-            "batch_sizes": {str(size): count for size, count in sizes.items()},
-            "largest_batch": max(sizes, default=0),
-            "max_batch_size": self._decode._get_max_batch_size(),
-            "batch_wait_timeout_s": self._decode._get_batch_wait_timeout_s(),
+            "requests": loop.admitted,
+            "steps": loop.steps,
+            "rows": loop.rows,
+            "mean_batch": loop.rows / max(loop.steps, 1),
+            "largest_batch": loop.largest,
+            "running": loop.decoder.running,
+            "max_batch_size": self.live.max_batch_size,
+            "batching": self.live.batching,
         }
 
     @api.get("/health")
@@ -424,7 +464,7 @@ class ServedModel:
         return LiveConfig(
             adapter=str(self.adapter.resolve()),
             max_batch_size=s.max_batch_size,
-            batch_wait_timeout_s=s.batch_wait_timeout_s,
+            batching=s.batching,
         )
 
     def application(self) -> dict:

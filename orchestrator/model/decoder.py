@@ -75,7 +75,9 @@ class ContinuousDecoder:
     `add` queues a request (prompt token ids, λ or None, SamplingParams) under a key; each
     `step()` returns [(key, Piece)] for every row that drew a token in it, a row's last piece
     saying how it finished. `cancel` drops a request, queued or running. Prompts longer than
-    `max_prompt_tokens` and answers longer than `max_new_tokens` are refused when added.
+    `max_prompt_tokens` and answers longer than `max_new_tokens` are refused when added. With
+    `refill` false, requests are admitted only into an empty batch, which then runs until its
+    longest answer ends: static batching, for comparison.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class ContinuousDecoder:
         max_num_seqs: int = 32,
         max_prompt_tokens: int = 256,
         max_new_tokens: int = 512,
+        refill: bool = True,
     ):
         attention = getattr(model.config, "_attn_implementation", "sdpa")
         if attention not in ("sdpa", "eager"):
@@ -96,7 +99,7 @@ class ContinuousDecoder:
         self.model, self.pad = model, pad_token_id
         self.device = next(model.parameters()).device
         self.stops = torch.tensor(sorted(stop_token_ids), dtype=torch.long, device=self.device)
-        self.max_num_seqs = max_num_seqs
+        self.max_num_seqs, self.refill = max_num_seqs, refill
         self.max_prompt_tokens, self.max_new_tokens = max_prompt_tokens, max_new_tokens
         self.columns = 2 * (max_prompt_tokens + max_new_tokens)
         self.additive_mask = attention == "eager"
@@ -147,6 +150,12 @@ class ContinuousDecoder:
             if row is not None and row.key == key:
                 self._leave(slot)
 
+    def take_waiting(self) -> list[tuple]:
+        """The requests not admitted yet, as (key, prompt ids, preference, params), removed."""
+        taken = [(r.key, r.prompt_ids, r.preference, r.params) for r in self.waiting]
+        self.waiting.clear()
+        return taken
+
     @property
     def running(self) -> int:
         return sum(row is not None for row in self.slots)
@@ -183,6 +192,8 @@ class ContinuousDecoder:
     def _admit(self) -> None:
         if self.running == 0:
             self.column = self.max_prompt_tokens  # nothing to keep: start from the left again
+        elif not self.refill:
+            return
         free = [slot for slot, row in enumerate(self.slots) if row is None]
         newcomers = [self.waiting.popleft() for _ in range(min(len(free), len(self.waiting)))]
         if not newcomers:

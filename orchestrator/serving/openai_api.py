@@ -14,10 +14,14 @@ import uuid
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orchestrator.errors import MoaError
+from orchestrator.model.sampling import MAX_SEED, MIN_TEMPERATURE
 from orchestrator.objectives.preference import validate_preference
+
+MAX_PROMPTS = 16  # prompts in one completions request
+ECHO_CHARS = 200  # of a client's value quoted back in an error message
 
 
 class ApiError(Exception):
@@ -49,16 +53,23 @@ class GenerationBody(Body):
     max_tokens: int | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    seed: int | None = None  # default: a random one
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None  # default: a random one
     n: Literal[1] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: None = None  # answers end at the model's end-of-sequence token
     user: str | None = None  # accepted and ignored
 
+    @field_validator("temperature")
+    @classmethod
+    def _samplable(cls, value: float) -> float:
+        if 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+        return value
+
 
 class CompletionBody(GenerationBody):
-    prompt: str | list[str]
+    prompt: str | Annotated[list[str], Field(max_length=MAX_PROMPTS)]
 
 
 class Message(Body):
@@ -77,12 +88,24 @@ def parse_body(raw: bytes, model: type[Body]) -> Body:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ApiError(400, None, f"the request body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ApiError(400, None, "the request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, None, "the request body must be a JSON object")
     try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ApiError(
+            400, None, "the request body holds a lone surrogate (\\ud800–\\udfff): not text"
+        ) from None
+    except RecursionError:
+        raise ApiError(400, None, "the request body is nested too deeply") from None
+    try:
         return model.model_validate(data)
     except ValidationError as err:
-        error = err.errors()[0]
+        errors = err.errors()
+        # Of a union's branches, the one of the right type but too long says what is wrong.
+        error = next((e for e in errors if e["type"] == "too_long"), errors[0])
         field = ".".join(str(part) for part in error["loc"]) or None
         if error["type"] == "extra_forbidden":
             message = f"unknown field {field!r}"
@@ -92,9 +115,16 @@ def parse_body(raw: bytes, model: type[Body]) -> Body:
             message = "stop sequences are not supported: answers end at the end-of-sequence token"
         elif field == "n":
             message = "n must be 1: one answer per request"
+        elif field and field.startswith("prompt") and error["type"] == "too_long":
+            message = f"prompt: at most {MAX_PROMPTS} prompts in one request"
         else:
-            message = f"{field}: {error['msg']} (got {error.get('input')!r})"
+            message = f"{field}: {error['msg']} (got {_quoted(error.get('input'))})"
         raise ApiError(400, field and field.split(".")[0], message) from None
+
+
+def _quoted(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}… ({len(text)} characters)"
 
 
 def resolve_preference(
@@ -123,9 +153,12 @@ def resolve_preference(
 def _requested(
     body: GenerationBody, model_name: str, objectives: Sequence[str], default: Sequence[float]
 ) -> list[float]:
-    served, _, weights = (body.model or model_name).partition(":")
+    served, colon, weights = (body.model or model_name).partition(":")
     if served != model_name:
-        raise ApiError(404, "model", f"model {body.model!r} is not served here; use {model_name!r}")
+        shown = _quoted(body.model)
+        raise ApiError(404, "model", f"model {shown} is not served here; use {model_name!r}")
+    if colon and not weights:
+        raise ApiError(400, "model", f"{body.model!r}: name the weights after ':' (moa:0.7,0.3)")
     if weights and body.preference is not None:
         raise ApiError(
             400, "preference", "give the preference in the body or in the model name, not both"
@@ -207,6 +240,11 @@ def envelope(kind: str, request_id: str, model: str, version: str, extra: dict) 
         "system_fingerprint": f"moa-{version}",
         **extra,
     }
+
+
+def server_error(message: str) -> dict:
+    """The OpenAI-style body of a failure of the server's, not the client's."""
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
 
 
 def sse(data: dict | str) -> str:

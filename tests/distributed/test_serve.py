@@ -72,7 +72,6 @@ def settings():
         f"serve.default_max_tokens={MAX_TOKENS}",
         "serve.max_tokens=64",
         "serve.max_prompt_tokens=48",
-        "serve.batch_wait_timeout_s=0.05",
     ]
 
 
@@ -162,8 +161,13 @@ def test_32_concurrent_requests_at_32_lambdas_are_batched_and_each_equals_its_of
     assert [a["choices"][0]["text"] for a in answers] == want
     after = get(f"{server}/v1/stats")
     assert after["requests"] - before["requests"] == 32
-    assert after["batches"] - before["batches"] < 32
-    assert after["largest_batch"] > 1
+    rows, steps = after["rows"] - before["rows"], after["steps"] - before["steps"]
+    assert rows == sum(
+        a["usage"]["completion_tokens"] + (a["choices"][0]["finish_reason"] == "stop")
+        for a in answers
+    )
+    assert rows / steps > 4  # the 32 requests decoded together, not one after another
+    assert after["running"] == 0
 
 
 def test_a_streamed_chat_adds_up_to_the_whole_answer(server, adapters, tiny_base_dir, tokenizer):
@@ -261,6 +265,17 @@ BAD_INPUTS = [
     ("chat/completions",
      {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 1000}, 400,
      "max_completion_tokens", "between 1 and 64"),
+    # what a probe found to get past validation and fail inside a shared decoding step
+    ("completions", {"prompt": "hi", "seed": 2**64, "temperature": 1}, 400, "seed", "seed"),
+    ("completions", {"prompt": "hi", "seed": -(2**63) - 1, "temperature": 1}, 400, "seed", "seed"),
+    ("completions", {"prompt": "hi", "temperature": 1e-39}, 400, "temperature", "at least 0.001"),
+    ("completions", b'{"prompt": "\\ud800 hi"}', 400, None, "lone surrogate"),
+    ("completions", b'{"prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, None, "nested"),
+    ("completions", {"prompt": ["hi"] * 17}, 400, "prompt", "at most 16 prompts"),
+    ("completions", {"prompt": "hi", "model": "moa:"}, 400, "model", "name the weights"),
+    ("completions", {"prompt": "hi", "model": "x" * 100_000}, 404, "model", "100002 characters"),
+    ("completions", {"prompt": "x" * 2_000_000}, 413, None, "over 1048576 bytes"),
+    ("completions", {"prompt": "hi " * 100_000}, 400, "prompt", "over 48 tokens"),
 ]  # fmt: skip
 
 
@@ -279,11 +294,30 @@ def test_bad_inputs_get_a_4xx_naming_the_field_and_the_server_stays_healthy(serv
     )
 
 
+def test_what_the_server_will_not_read_is_refused_in_its_error_shape(server):
+    plain = urllib.request.Request(
+        f"{server}/v1/completions", data=b'{"prompt": "hi"}', headers={"Content-Type": "text/plain"}
+    )
+    for request, status, words in (
+        (plain, 415, "Content-Type: application/json"),
+        (urllib.request.Request(f"{server}/v1/nothing"), 404, "GET /v1/nothing"),
+        (urllib.request.Request(f"{server}/v1/completions"), 405, "GET /v1/completions"),
+    ):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=30)
+        assert err.value.code == status
+        error = json.loads(err.value.read())["error"]
+        kind = "not_found_error" if status == 404 else "invalid_request_error"
+        assert words in error["message"] and error["type"] == kind, error
+    assert get(f"{server}/health")["status"] == "ok"
+
+
 def test_preferences_and_models_describe_what_is_served(server, adapters):
     info = get(f"{server}/v1/preferences")
     assert info["objectives"] == ["helpful", "harmless"]
     assert info["default_preference"] == {"helpful": 0.5, "harmless": 0.5}
     assert info["adapter_version"] == adapter_version(adapters[0])
+    assert info["adapter"] == adapters[0].name  # not where it lies on the server's disk
     assert get(f"{server}/v1/models")["data"][0]["id"] == "moa"
 
 
@@ -317,7 +351,7 @@ def test_a_new_adapter_is_loaded_in_place_while_requests_are_in_flight(
     assert want[new][:4] != want[old][:4]
     after = get(f"{server}/v1/stats")
     assert after["replica"] == before["replica"]  # reconfigured, not restarted
-    assert after["batches"] > before["batches"]
+    assert after["steps"] > before["steps"]
     assert get(f"{server}/v1/preferences")["adapter_version"] == new
 
 

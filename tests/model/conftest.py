@@ -47,6 +47,25 @@ def model(tiny_base_dir, perturb):
     return steerable.eval()
 
 
+def greedy_without_cache(model, prompt_ids, steps: int, stops=()) -> list[int]:
+    """Greedy decoding the slow way: the whole sequence again at every step, no KV cache; the
+    tokens before the first stop token, at most `steps`."""
+    ids = list(prompt_ids)
+    with torch.no_grad():
+        for _ in range(steps):
+            token = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+            if token in stops:
+                break
+            ids.append(token)
+    return ids[len(prompt_ids) :]
+
+
+@pytest.fixture(scope="session")
+def naive_greedy():
+    """naive_greedy(model, prompt_ids, steps, stops=()): greedy_without_cache."""
+    return greedy_without_cache
+
+
 @pytest.fixture(scope="session")
 def make_llama():
     """A factory: make_llama(seed, **sizes) → a tiny random LlamaForCausalLM in eval mode.

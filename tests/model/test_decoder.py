@@ -1,6 +1,7 @@
 """The continuous decoder: rows that join a running batch midway, leave it early, share it at
-different λ, or outlive a move of the cache give the tokens they give alone — and the tokens of
-the static path (decode_steps), the old slow one."""
+different λ, or outlive a move of the cache give the tokens they give alone: greedy, those of
+decoding without a cache (the whole sequence again at every step); sampled, those of a decoder
+that holds the row alone."""
 
 import pytest
 import torch
@@ -10,7 +11,6 @@ from orchestrator.data.encoding import encode_prompt
 from orchestrator.errors import MoaError
 from orchestrator.model import decoder as decoder_module
 from orchestrator.model.decoder import ContinuousDecoder
-from orchestrator.model.generate import generate_tokens
 from orchestrator.model.sampling import SamplingParams
 from orchestrator.model.svd_lora import preference
 
@@ -62,17 +62,19 @@ def requests(tokenizer, params):
     ]
 
 
-def static_alone(model, tokenizer, prompt, lam, params) -> list[int]:
-    """The old path: one left-padded row decoded by decode_steps."""
-    ids = torch.tensor([prompt_ids(tokenizer, prompt)])
-    with preference(model, torch.tensor([lam])):
-        return generate_tokens(
-            model, ids, torch.ones_like(ids), [params], {tokenizer.eos_token_id}, 0
-        )[0]
+def alone(model, tokenizer, prompt, lam, params, naive_greedy) -> list[int]:
+    """The row by itself: without a cache when greedy, else in a decoder of one slot."""
+    ids = prompt_ids(tokenizer, prompt)
+    if params.temperature == 0:
+        with preference(model, torch.tensor([lam])):
+            return naive_greedy(model, ids, params.max_new_tokens, {tokenizer.eos_token_id})
+    return decode_all(new_decoder(model, tokenizer, 1), [(0, ids, lam, params)])[0]
 
 
 @pytest.mark.parametrize("slots", [2, 3, 6])
-def test_rows_that_join_midway_give_the_tokens_they_give_alone(model, tokenizer, slots):
+def test_rows_that_join_midway_give_the_tokens_they_give_alone(
+    model, tokenizer, slots, naive_greedy
+):
     params = [SamplingParams(max_new_tokens=n) for n in LENGTHS]
     running = []
     tokens = decode_all(
@@ -80,16 +82,17 @@ def test_rows_that_join_midway_give_the_tokens_they_give_alone(model, tokenizer,
         requests(tokenizer, params),
         on_step=lambda d: running.append(d.running),
     )
-    alone = [
-        static_alone(model, tokenizer, *row) for row in zip(PROMPTS, LAMBDAS, params, strict=True)
+    expected = [
+        alone(model, tokenizer, *row, naive_greedy)
+        for row in zip(PROMPTS, LAMBDAS, params, strict=True)
     ]
-    assert [tokens[i] for i in range(len(PROMPTS))] == alone
-    assert [len(t) for t in alone] == LENGTHS  # no row stopped early: each ran its length
+    assert [tokens[i] for i in range(len(PROMPTS))] == expected
+    assert [len(t) for t in expected] == LENGTHS  # no row stopped early: each ran its length
     if slots < len(PROMPTS):
         assert max(running) == slots  # the slots were kept full while requests waited
 
 
-def test_seeded_samples_do_not_depend_on_slot_or_batchmates(model, tokenizer):
+def test_seeded_samples_do_not_depend_on_slot_or_batchmates(model, tokenizer, naive_greedy):
     params = [
         SamplingParams(max_new_tokens=n, temperature=1.0, top_p=0.9, seed=100 + i)
         for i, n in enumerate(LENGTHS)
@@ -98,7 +101,7 @@ def test_seeded_samples_do_not_depend_on_slot_or_batchmates(model, tokenizer):
     reordered = decode_all(new_decoder(model, tokenizer, 2), requests(tokenizer, params)[::-1])
     assert together == reordered
     for i, row in enumerate(zip(PROMPTS, LAMBDAS, params, strict=True)):
-        assert together[i] == static_alone(model, tokenizer, *row)
+        assert together[i] == alone(model, tokenizer, *row, naive_greedy)
     reseeded = [SamplingParams(max_new_tokens=12, temperature=1.0, seed=s) for s in (1, 2)]
     a, b = (
         decode_all(new_decoder(model, tokenizer, 1), [(0, prompt_ids(tokenizer, PROMPTS[1]),
@@ -108,7 +111,7 @@ def test_seeded_samples_do_not_depend_on_slot_or_batchmates(model, tokenizer):
     assert a != b  # the seed matters
 
 
-def test_rows_outlive_moves_of_the_cache(model, tokenizer, monkeypatch):
+def test_rows_outlive_moves_of_the_cache(model, tokenizer, monkeypatch, naive_greedy):
     """With 2 × (8 + 12) columns and 18 staggered requests through 2 slots the columns run out;
     every row, those moved and those that join after the move, still gives its tokens alone."""
     moves = []
@@ -129,10 +132,8 @@ def test_rows_outlive_moves_of_the_cache(model, tokenizer, monkeypatch):
     tokens = decode_all(decoder, rows)
     assert moves == [40]  # once, and later the batch ran empty: the columns started over
     for i, ids in enumerate(short):
-        t = torch.tensor([ids])
         with preference(model, torch.tensor([lams[i]])):
-            alone = generate_tokens(model, t, torch.ones_like(t), [params[i]], {-1}, 0)[0]
-        assert tokens[i] == alone
+            assert tokens[i] == naive_greedy(model, ids, params[i].max_new_tokens)
 
 
 def test_a_cancelled_row_frees_its_slot_for_the_next_request(model, tokenizer):
@@ -157,7 +158,7 @@ def test_eager_attention_gives_the_same_tokens(model, tokenizer):
     assert eager == sdpa
 
 
-def test_another_architecture_with_grouped_kv_heads_decodes_as_alone():
+def test_another_architecture_with_grouped_kv_heads_decodes_as_alone(naive_greedy):
     """Qwen2 (the jobs' model family), 4 query heads over 2 KV heads, without an adapter."""
     torch.manual_seed(0)
     config = Qwen2Config(
@@ -172,8 +173,7 @@ def test_another_architecture_with_grouped_kv_heads_decodes_as_alone():
         decoder, [(i, p, None, prm) for i, (p, prm) in enumerate(zip(prompts, params, strict=True))]
     )
     for i, (p, prm) in enumerate(zip(prompts, params, strict=True)):
-        t = torch.tensor([p])
-        assert tokens[i] == generate_tokens(qwen, t, torch.ones_like(t), [prm], {1}, 0)[0]
+        assert tokens[i] == naive_greedy(qwen, p, prm.max_new_tokens, {1})
 
 
 @pytest.mark.parametrize(

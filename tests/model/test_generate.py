@@ -1,15 +1,14 @@
 from dataclasses import replace
-from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
 
 from orchestrator.data.encoding import encode_prompt
 from orchestrator.errors import MoaError
-from orchestrator.model.generate import decode_steps, generate, generate_tokens
+from orchestrator.model.decoder import ContinuousDecoder
+from orchestrator.model.generate import generate
 from orchestrator.model.loading import load_model
-from orchestrator.model.sampling import Piece, SamplingParams
+from orchestrator.model.sampling import Piece, SamplingParams, next_tokens
 from orchestrator.model.svd_lora import (
     adapter_disabled,
     preference,
@@ -34,6 +33,22 @@ def left_pad(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]
     return ids, mask
 
 
+def decoded(model, ids, mask, params, stops, pad) -> list[list[int]]:
+    """Each left-padded row's new tokens, all rows in one continuous decoder (the λ rows the
+    model holds, in order)."""
+    lam = next(layer.preference for _, layer in svd_lora_layers(model))
+    decoder = ContinuousDecoder(model, pad, stops, max_num_seqs=len(ids), max_prompt_tokens=64)
+    for row in range(len(ids)):
+        prompt = ids[row][mask[row].bool()].tolist()
+        decoder.add(row, prompt, lam[row].tolist() if lam.dim() == 2 else lam.tolist(), params[row])
+    out: list[list[int]] = [[] for _ in range(len(ids))]
+    while decoder.has_work():
+        for row, piece in decoder.step():
+            if piece.token is not None:
+                out[row].append(piece.token)
+    return out
+
+
 # --- batched generation with one λ per row ---------------------------------------------------
 
 
@@ -55,29 +70,18 @@ def test_per_row_tokens_equal_each_prompt_alone(model, tokenizer):
     params = [GREEDY] * len(PROMPTS)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     with preference(model, LAMBDAS):
-        batched = generate_tokens(model, ids, mask, params, {eos}, pad)
+        batched = decoded(model, ids, mask, params, {eos}, pad)
     for row, lam in enumerate(LAMBDAS):
         one_ids, one_mask = left_pad(tokenizer, [PROMPTS[row]])
         assert one_mask.all()
         with preference(model, lam):
-            assert (
-                generate_tokens(model, one_ids, one_mask, [GREEDY], {eos}, pad)[0] == batched[row]
-            )
+            assert decoded(model, one_ids, one_mask, [GREEDY], {eos}, pad)[0] == batched[row]
 
 
-def naive_greedy(model, prompt_ids: list[int], steps: int) -> list[int]:
-    """Greedy decoding the slow way: the whole sequence again at every step, no KV cache."""
-    ids = list(prompt_ids)
-    with torch.no_grad():
-        for _ in range(steps):
-            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
-    return ids[len(prompt_ids) :]
-
-
-def test_cached_batched_decoding_equals_naive_decoding(model, tokenizer):
+def test_cached_batched_decoding_equals_naive_decoding(model, tokenizer, naive_greedy):
     ids, mask = left_pad(tokenizer, PROMPTS)
     with preference(model, LAMBDAS):
-        batched = generate_tokens(model, ids, mask, [GREEDY] * 4, {-1}, tokenizer.pad_token_id)
+        batched = decoded(model, ids, mask, [GREEDY] * 4, {-1}, tokenizer.pad_token_id)
     for row, lam in enumerate(LAMBDAS):
         with preference(model, lam):
             want = naive_greedy(model, encode_prompt(tokenizer, PROMPTS[row], 64), 10)
@@ -113,7 +117,7 @@ def free_run(model, tokenizer, max_new_tokens: int = 10) -> list[list[int]]:
     ids, mask = left_pad(tokenizer, PROMPTS)
     params = [SamplingParams(max_new_tokens=max_new_tokens)] * len(PROMPTS)
     with preference(model, LAMBDAS):
-        return generate_tokens(model, ids, mask, params, {-1}, tokenizer.pad_token_id)
+        return decoded(model, ids, mask, params, {-1}, tokenizer.pad_token_id)
 
 
 def test_each_row_stops_at_its_first_eos(model, tokenizer):
@@ -124,7 +128,7 @@ def test_each_row_stops_at_its_first_eos(model, tokenizer):
     eos = free[0][step]
     ids, mask = left_pad(tokenizer, PROMPTS)
     with preference(model, LAMBDAS):
-        out = generate_tokens(model, ids, mask, [GREEDY] * 4, {eos}, tokenizer.pad_token_id)
+        out = decoded(model, ids, mask, [GREEDY] * 4, {eos}, tokenizer.pad_token_id)
     assert out[0] == free[0][:step]
     for row in range(4):
         want = free[row][: free[row].index(eos)] if eos in free[row] else free[row]
@@ -139,29 +143,31 @@ def test_each_row_stops_at_its_own_max_new_tokens(model, tokenizer):
     limits = [3, 7, 1, 10]
     params = [SamplingParams(max_new_tokens=n) for n in limits]
     with preference(model, LAMBDAS):
-        out = generate_tokens(model, ids, mask, params, {-1}, tokenizer.pad_token_id)
+        out = decoded(model, ids, mask, params, {-1}, tokenizer.pad_token_id)
     assert [len(row) for row in out] == limits
     assert all(out[r] == free[r][: limits[r]] for r in range(4))
 
 
-def test_decode_steps_say_how_each_row_finished_and_then_go_quiet(model, tokenizer):
+def test_each_step_says_how_its_rows_finished_and_finished_rows_go_quiet(model, tokenizer):
     free = free_run(model, tokenizer)
     step = next(i for i in range(2, 8) if free[0][i] not in free[0][:i])
     eos = free[0][step]
-    ids, mask = left_pad(tokenizer, PROMPTS[:2])
-    params = [SamplingParams(max_new_tokens=10), SamplingParams(max_new_tokens=3)]
     if eos in free[1][:3]:
         pytest.skip("row 1 writes the stand-in EOS early")
-    with preference(model, LAMBDAS[:2]):
-        steps = list(decode_steps(model, ids, mask, params, {eos}, tokenizer.pad_token_id))
-    row0 = [s[0] for s in steps]
+    decoder = ContinuousDecoder(model, tokenizer.pad_token_id, {eos}, max_num_seqs=2)
+    for row, limit in ((0, 10), (1, 3)):
+        ids = encode_prompt(tokenizer, PROMPTS[row], 64)
+        decoder.add(row, ids, LAMBDAS[row], SamplingParams(max_new_tokens=limit))
+    steps = []
+    while decoder.has_work():
+        steps.append(dict(decoder.step()))
+    row0 = [s[0] for s in steps if 0 in s]
     assert [p.token for p in row0[:step]] == free[0][:step]
     assert row0[step] == Piece(None, "stop")  # the stop token itself is not text
-    assert all(p is None for p in row0[step + 1 :])
-    row1 = [s[1] for s in steps]
-    assert [p.token for p in row1[:3]] == free[1][:3]
-    assert [p.finish for p in row1[:3]] == [None, None, "length"]
-    assert all(p is None for p in row1[3:])
+    assert len(row0) == step + 1
+    row1 = [s[1] for s in steps if 1 in s]
+    assert [p.token for p in row1] == free[1][:3]
+    assert [p.finish for p in row1] == [None, None, "length"]
     assert len(steps) == max(step + 1, 3)  # decoding ends when every row has
 
 
@@ -195,18 +201,6 @@ def test_a_tiny_top_p_is_greedy_and_temperature_zero_ignores_the_seed(model, tok
     assert generate(model, tokenizer, PROMPTS, LAMBDAS, seeded_greedy) == greedy
 
 
-class FixedLogits(nn.Module):
-    """A stand-in LM whose next-token distribution is the same at every step."""
-
-    def __init__(self, logits: torch.Tensor):
-        super().__init__()
-        self.register_buffer("fixed", logits)
-
-    def forward(self, input_ids, attention_mask, position_ids, cache=None):
-        batch, length = input_ids.shape
-        return SimpleNamespace(logits=self.fixed.expand(batch, length, -1), cache=cache)
-
-
 @pytest.mark.parametrize(
     ("temperature", "top_p", "expected"),
     [
@@ -217,12 +211,10 @@ class FixedLogits(nn.Module):
     ],
 )
 def test_sampling_follows_temperature_and_top_p(temperature, top_p, expected):
+    """2000 draws of one row at steps 0..1999 from the same logits."""
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
-    lm = FixedLogits(probs.log())
-    params = [SamplingParams(max_new_tokens=2000, temperature=temperature, top_p=top_p, seed=7)]
-    ids, mask = torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long)
-    tokens = torch.tensor(generate_tokens(lm, ids, mask, params, {-1}, 0)[0])
-    assert tokens.numel() == 2000
+    params = SamplingParams(temperature=temperature, top_p=top_p, seed=7)
+    tokens = next_tokens(probs.log().expand(2000, 4), [params] * 2000, range(2000))
     freq = torch.bincount(tokens, minlength=4).float() / 2000
     torch.testing.assert_close(freq, torch.tensor(expected), atol=0.045, rtol=0)
     assert all(freq[i] == 0 for i, p in enumerate(expected) if p == 0)

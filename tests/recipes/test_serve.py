@@ -93,7 +93,7 @@ def test_objectives_that_disagree_with_the_adapter_are_refused(run_dir):
 def test_the_serve_config_reloads_in_place_when_only_the_adapter_or_batching_changes(adapters):
     first = served_model(str(adapters[0])).application()
     second = served_model(
-        str(adapters[1]), ["serve.max_batch_size=8", "serve.batch_wait_timeout_s=0"]
+        str(adapters[1]), ["serve.max_batch_size=8", "serve.batching=static"]
     ).application()
     apps = [
         ServeDeploySchema.model_validate({"applications": [a]}).applications[0]
@@ -105,7 +105,7 @@ def test_the_serve_config_reloads_in_place_when_only_the_adapter_or_batching_cha
     assert deployment["user_config"] == {
         "adapter": str(adapters[1].resolve()),
         "max_batch_size": 8,
-        "batch_wait_timeout_s": 0.0,
+        "batching": "static",
     }
     assert deployment["num_replicas"] == 1
     elsewhere = served_model(str(adapters[0]), ["serve.max_tokens=512"]).application()
