@@ -124,6 +124,7 @@ def main() -> None:
             f"serve.default_max_tokens={args.max_tokens}",
             f"serve.num_cpus={max(1, cores - 1)}",
             f"serve.max_ongoing_requests={max(64, 2 * max(concurrency))}",
+            f"serve.max_waiting_requests={max(concurrency)}",  # every client waits, none is refused
             f"serve.max_batch_size={args.max_batch_size}",
         ]
         print(

@@ -396,7 +396,12 @@ class ServeSection(Section):
     # continuous: a request joins the running batch at the next decoding step; static: a batch
     # runs until its longest answer ends before the next one starts (for comparison)
     batching: Literal["continuous", "static"] = "continuous"
-    max_ongoing_requests: Count = 64  # per replica; at least max_batch_size so batches can fill
+    # Requests waiting for a decoding slot, per replica; more are refused at once with 429 and
+    # Retry-After instead of queueing without end.
+    max_waiting_requests: Count = 64
+    # Per replica; at least max_batch_size so batches can fill (above max_batch_size +
+    # max_waiting_requests, the replica answers the excess with 429 rather than Serve queueing it)
+    max_ongoing_requests: Count = 128
     max_tokens: Count = 256  # the largest max_tokens a request may ask for
     default_max_tokens: Count = 96
     max_prompt_tokens: Count = 512  # longer prompts are refused, not cut

@@ -85,6 +85,7 @@ class LiveConfig(BaseModel):
     adapter: str
     max_batch_size: Annotated[int, Field(ge=1)]
     batching: Literal["continuous", "static"]
+    max_waiting_requests: Annotated[int, Field(ge=1)]
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ api = FastAPI(title="moa: steerable model", docs_url=None, redoc_url=None)
 
 @api.exception_handler(ApiError)
 async def _client_error(request: Request, err: ApiError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -216,6 +217,18 @@ class SteerableModel:
             last = (piece.finish, version)
         return DecodedAnswer(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), *last)
 
+    def _make_room(self, answers: int) -> None:
+        """Refuse `answers` more with 429 when they would wait beyond max_waiting_requests."""
+        free = self.live.max_batch_size - self.loop.decoder.running
+        if self.loop.waiting + answers - free > self.live.max_waiting_requests:
+            raise ApiError(
+                429,
+                None,
+                f"this replica is busy: {self.loop.waiting} requests wait for a decoding slot; "
+                "retry after a second",
+                headers={"Retry-After": "1"},
+            )
+
     async def _tokenised(self, *args) -> DecodeJob:
         """_job off the event loop: a long prompt does not hold up other requests."""
         return await asyncio.get_running_loop().run_in_executor(None, self._job, *args)
@@ -260,6 +273,7 @@ class SteerableModel:
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts:
             raise ApiError(400, "prompt", "prompt is an empty list")
+        self._make_room(len(prompts))
         jobs = [await self._tokenised(body, p, prompt_text, "prompt", lam) for p in prompts]
         head = {"preference": preference_map(lam, self.spec.objectives)}
         request_id = new_id("cmpl")
@@ -282,6 +296,7 @@ class SteerableModel:
         body = parse_body(await read_body(request), ChatBody)
         lam = self._preference(body)
         messages = [m.model_dump() for m in body.messages]
+        self._make_room(1)
         job = await self._tokenised(body, messages, chat_text, "messages", lam)
         head = {"preference": preference_map(lam, self.spec.objectives)}
         request_id = new_id("chatcmpl")
@@ -465,6 +480,7 @@ class ServedModel:
             adapter=str(self.adapter.resolve()),
             max_batch_size=s.max_batch_size,
             batching=s.batching,
+            max_waiting_requests=s.max_waiting_requests,
         )
 
     def application(self) -> dict:

@@ -91,6 +91,11 @@ class DecodeLoop:
             self.held -= 1
             self._wake()
 
+    @property
+    def waiting(self) -> int:
+        """Requests here that no decoding slot holds yet."""
+        return len(self.arrived) + len(self.decoder.waiting)
+
     def rebuild(self) -> None:
         """A new decoder (new slot count or scheduling); only inside drained()."""
         self.decoder = self.new_decoder()

@@ -27,12 +27,15 @@ ECHO_CHARS = 200  # of a client's value quoted back in an error message
 class ApiError(Exception):
     """A client's mistake: answered with `status` and an OpenAI-style error body."""
 
-    def __init__(self, status: int, param: str | None, message: str):
+    def __init__(self, status: int, param: str | None, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status, self.param, self.message = status, param, message
+        self.headers = headers or {}
 
     def body(self) -> dict:
-        kind = "not_found_error" if self.status == 404 else "invalid_request_error"
+        kind = {404: "not_found_error", 429: "rate_limit_error"}.get(
+            self.status, "invalid_request_error"
+        )
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": None}}
 
 

@@ -312,6 +312,35 @@ def test_what_the_server_will_not_read_is_refused_in_its_error_shape(server):
     assert get(f"{server}/health")["status"] == "ok"
 
 
+def test_requests_beyond_the_waiting_bound_get_429_with_retry_after(server, adapters, settings):
+    busy = [*settings, "serve.max_batch_size=1", "serve.max_waiting_requests=1"]
+    deploy(served_model(str(adapters[0]), busy))  # in place: one slot, one request may wait
+
+    def send(i: int) -> tuple[int, dict, str | None]:
+        body = {"prompt": PROMPTS[i % len(PROMPTS)], "temperature": 0, "max_tokens": 64}
+        request = urllib.request.Request(
+            f"{server}/v1/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, json.load(response), None
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read()), err.headers.get("Retry-After")
+
+    try:
+        with ThreadPoolExecutor(8) as threads:
+            results = list(threads.map(send, range(8)))
+    finally:
+        deploy(served_model(str(adapters[0]), settings))
+    refused = [r for r in results if r[0] == 429]
+    assert refused and len(refused) <= 6, [r[0] for r in results]  # one decodes, one waits
+    assert all(r[0] in (200, 429) for r in results)
+    assert all(r[2] == "1" and r[1]["error"]["type"] == "rate_limit_error" for r in refused)
+    assert get(f"{server}/health")["status"] == "ok"
+
+
 def test_preferences_and_models_describe_what_is_served(server, adapters):
     info = get(f"{server}/v1/preferences")
     assert info["objectives"] == ["helpful", "harmless"]

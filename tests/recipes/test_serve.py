@@ -64,7 +64,7 @@ def test_an_adapter_folder_takes_its_base_model_and_objectives_from_its_config(
     ("overrides", "words"),
     [
         (["train.beta=0.2"], "only serve.* and model.*"),
-        (["serve.max_batch_size=128"], "max_ongoing_requests (64) must be at least"),
+        (["serve.max_batch_size=256"], "max_ongoing_requests (128) must be at least"),
         (["serve.default_preference=[0.9,0.3]"], "serve.default_preference"),
         (["serve.min_replicas=3", "serve.max_replicas=2"], "min_replicas (3) exceeds"),
         (["serve.model_name=moa:1"], "model_name"),
@@ -106,6 +106,7 @@ def test_the_serve_config_reloads_in_place_when_only_the_adapter_or_batching_cha
         "adapter": str(adapters[1].resolve()),
         "max_batch_size": 8,
         "batching": "static",
+        "max_waiting_requests": 64,
     }
     assert deployment["num_replicas"] == 1
     elsewhere = served_model(str(adapters[0]), ["serve.max_tokens=512"]).application()
