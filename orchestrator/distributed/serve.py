@@ -86,6 +86,7 @@ class LiveConfig(BaseModel):
     max_batch_size: Annotated[int, Field(ge=1)]
     batching: Literal["continuous", "static"]
     max_waiting_requests: Annotated[int, Field(ge=1)]
+    queue_timeout_s: Annotated[float, Field(gt=0)]
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ async def read_body(request: Request) -> bytes:
 
 @api.exception_handler(DecodeFailed)
 async def _decode_failed(request: Request, err: DecodeFailed) -> JSONResponse:
-    return JSONResponse(server_error(str(err)), status_code=500)
+    headers = {"Retry-After": "1"} if err.status == 503 else None
+    return JSONResponse(server_error(str(err)), status_code=err.status, headers=headers)
 
 
 @serve.deployment(name=DEPLOYMENT)
@@ -198,6 +200,7 @@ class SteerableModel:
             shape = (live.max_batch_size, live.batching)
             rebuild = self.live is None or shape != (self.live.max_batch_size, self.live.batching)
             self.live = live
+            self.loop.queue_timeout_s = live.queue_timeout_s
             if rebuild:
                 self.loop.rebuild()
 
@@ -481,6 +484,7 @@ class ServedModel:
             max_batch_size=s.max_batch_size,
             batching=s.batching,
             max_waiting_requests=s.max_waiting_requests,
+            queue_timeout_s=s.queue_timeout_s,
         )
 
     def application(self) -> dict:
@@ -517,14 +521,18 @@ def deploy(served: ServedModel, timeout_s: float = 600.0) -> str:
 
     s = served.settings
     client = serve_start(http_options={"host": s.host, "port": s.port})
+    details = client.get_serve_details()
     others = [
         app["deployed_app_config"]
-        for name, app in client.get_serve_details().get("applications", {}).items()
+        for name, app in details.get("applications", {}).items()
         if name != s.app_name and app.get("deployed_app_config")
     ]
     config = {"applications": [*others, served.application()]}
     client.deploy_apps(ServeDeploySchema.model_validate(config))
-    url = f"http://{'127.0.0.1' if s.host in ('0.0.0.0', '::') else s.host}:{s.port}"
+    # Serve already running keeps its own address, whatever serve.host and serve.port say.
+    http = details.get("http_options") or {}
+    host, port = http.get("host") or s.host, http.get("port") or s.port
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     _wait_until_serving(s.app_name, url, served.adapter_version, timeout_s)
     return url
 

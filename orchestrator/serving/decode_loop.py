@@ -11,6 +11,7 @@ request decodes on one adapter from its first token to its last.
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
@@ -22,6 +23,14 @@ from orchestrator.model.sampling import Piece, SamplingParams
 
 class DecodeFailed(Exception):
     """The decoding step that held this request raised."""
+
+    status = 500
+
+
+class WaitedTooLong(DecodeFailed):
+    """No decoding slot came free for this request within the queue timeout."""
+
+    status = 503
 
 
 @dataclass(frozen=True)
@@ -45,8 +54,11 @@ class DecodeLoop:
         new_decoder: Callable[[], ContinuousDecoder],
         version: Callable[[], str],
         executor: Executor,
+        queue_timeout_s: float = 60.0,
     ):
         self.new_decoder, self.version, self.executor = new_decoder, version, executor
+        self.queue_timeout_s = queue_timeout_s
+        self.arrived_at: dict[int, float] = {}
         self.decoder = new_decoder()
         self.keys = itertools.count()
         self.arrived: list[tuple[int, DecodeJob]] = []
@@ -64,11 +76,14 @@ class DecodeLoop:
         queue: asyncio.Queue = asyncio.Queue()
         self.queues[key] = queue
         self.arrived.append((key, job))
+        self.arrived_at[key] = time.monotonic()
         self._wake()
         finished = False
         try:
             while not finished:
                 item = await queue.get()
+                if isinstance(item, DecodeFailed):
+                    raise item
                 if isinstance(item, BaseException):
                     raise DecodeFailed(str(item)) from item
                 finished = item[0].finish is not None
@@ -76,6 +91,7 @@ class DecodeLoop:
         finally:
             self.queues.pop(key, None)
             self.versions.pop(key, None)
+            self.arrived_at.pop(key, None)
             if not finished:
                 self.gone.add(key)
                 self._wake()
@@ -130,6 +146,7 @@ class DecodeLoop:
                 self._wake()
 
     def _hand_over(self) -> None:
+        self._expire()
         for key in self.gone:
             self.decoder.cancel(key)
         self.gone.clear()
@@ -146,6 +163,16 @@ class DecodeLoop:
             self.versions[key] = self.version()
             self.admitted += 1
         self.arrived.clear()
+
+    def _expire(self) -> None:
+        """Requests still waiting for a slot past the queue timeout fail with WaitedTooLong."""
+        deadline = time.monotonic() - self.queue_timeout_s
+        for key in [request.key for request in self.decoder.waiting]:
+            if self.arrived_at.get(key, deadline) < deadline and key in self.queues:
+                message = f"no decoding slot came free within {self.queue_timeout_s:g} s"
+                self.queues.pop(key).put_nowait(WaitedTooLong(message))
+                self.decoder.cancel(key)
+                self.versions.pop(key, None)
 
     def _fail(self, err: Exception) -> None:
         """The rows the failed step held get `err`; the requests still waiting for a slot go

@@ -405,6 +405,16 @@ def test_moa_serve_detach_reloads_the_running_app_in_place(
     assert get(f"{server}/v1/stats")["replica"] == replica
 
 
+def test_deploying_again_with_another_port_names_the_running_servers_address(
+    server, adapters, settings
+):
+    elsewhere = [
+        *(o for o in settings if not o.startswith("serve.port=")),
+        f"serve.port={_free_port()}",
+    ]
+    assert deploy(served_model(str(adapters[0]), elsewhere)) == server
+
+
 def test_a_model_trained_at_one_preference_is_served_at_that_one_only(
     server, tiny_base_dir, perturb, settings, tokenizer, tmp_path
 ):

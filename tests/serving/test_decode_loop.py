@@ -12,7 +12,7 @@ from orchestrator.model.decoder import ContinuousDecoder
 from orchestrator.model.loading import load_model
 from orchestrator.model.sampling import SamplingParams
 from orchestrator.model.svd_lora import inject_svd_lora
-from orchestrator.serving.decode_loop import DecodeFailed, DecodeJob, DecodeLoop
+from orchestrator.serving.decode_loop import DecodeFailed, DecodeJob, DecodeLoop, WaitedTooLong
 
 PROMPTS = ["Hi", "How do I start a campfire?", "Tell me a joke.", "Why is the sky blue?"]
 
@@ -30,13 +30,13 @@ def model(tiny_base_dir, perturb):
 def make_loop(model, tokenizer):
     executor = ThreadPoolExecutor(max_workers=1)
 
-    def make(slots: int = 2) -> DecodeLoop:
+    def make(slots: int = 2, queue_timeout_s: float = 60.0) -> DecodeLoop:
         def new_decoder():
             return ContinuousDecoder(
                 model, tokenizer.pad_token_id, {tokenizer.eos_token_id}, max_num_seqs=slots
             )
 
-        return DecodeLoop(new_decoder, lambda: "v1", executor)
+        return DecodeLoop(new_decoder, lambda: "v1", executor, queue_timeout_s)
 
     yield make
     executor.shutdown()
@@ -123,3 +123,16 @@ def test_drained_waits_for_the_admitted_and_holds_newcomers_back(make_loop, toke
     first, newcomer = asyncio.run(scenario())
     assert first == alone(make_loop, tokenizer, 0, 16)
     assert newcomer == alone(make_loop, tokenizer, 3)
+
+
+def test_a_request_that_waits_past_the_queue_timeout_fails_alone(make_loop, tokenizer):
+    async def scenario():
+        loop = make_loop(1, queue_timeout_s=1e-9)  # one slot: the second waits for the first
+        tasks = [asyncio.create_task(tokens_of(loop, job(tokenizer, i, 64))) for i in (1, 2)]
+        return await asyncio.gather(*tasks, return_exceptions=True), loop
+
+    (first, second), loop = asyncio.run(scenario())
+    assert first == alone(make_loop, tokenizer, 1, 64)
+    assert isinstance(second, WaitedTooLong) and "1e-09 s" in str(second)
+    assert loop.rows == len(first) + (len(first) < 64)  # the second never drew a token
+    assert loop.decoder.running == 0 and not loop.decoder.waiting
