@@ -35,13 +35,9 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_environment(tmp_path_factory):
-    """Tests never write to ~/.cache and never report Ray usage. Ray Train's controller looks at
-    its workers every 0.2 s instead of 2 s: a tiny run's steps take milliseconds, so the default
-    adds about a second to every start, end and restart of a worker group, dozens of which the
-    suite waits for."""
+    """Tests never write to ~/.cache and never report Ray usage."""
     os.environ["MOA_CACHE_DIR"] = str(tmp_path_factory.mktemp("moa-cache"))
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 PACKAGE_DIR = str(Path(__file__).resolve().parents[1] / "orchestrator")
