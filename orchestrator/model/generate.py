@@ -5,7 +5,6 @@ alone, and a seeded sampled row the same text whatever batch it lands in.
 """
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import replace
 
 from torch import nn
@@ -15,7 +14,7 @@ from orchestrator.data.encoding import encode_prompt
 from orchestrator.errors import MoaError
 from orchestrator.model.decoder import ContinuousDecoder
 from orchestrator.model.sampling import SamplingParams, stop_token_ids
-from orchestrator.model.svd_lora import preference, svd_lora_config
+from orchestrator.model.svd_lora import preference_kept, svd_lora_config
 from orchestrator.objectives.preference import PreferenceLike, validate_preference
 
 
@@ -78,9 +77,8 @@ def generate_ids(
     model.eval()
     answers: list[list[int]] = [[] for _ in prompts]
     bar = tqdm(total=len(prompts), desc="generate", unit="answer", disable=not progress)
-    restored = nullcontext() if lam is None else preference(model, lam[:1])  # the λ set before
     try:
-        with restored:
+        with preference_kept(model):  # the decoder writes each step's λ rows
             while decoder.has_work():
                 for i, piece in decoder.step():
                     if piece.token is not None:

@@ -256,15 +256,23 @@ def set_preference(model: nn.Module, pref: PreferenceLike, *, normalize: bool = 
 
 
 @contextmanager
-def preference(model: nn.Module, pref: PreferenceLike, *, normalize: bool = False):
-    """Run a block at λ, then restore whatever preference was set before."""
-    previous = {name: layer.preference for name, layer in svd_lora_layers(model)}
-    set_preference(model, pref, normalize=normalize)
+def preference_kept(model: nn.Module):
+    """Run a block that may set λ, then restore whatever preference was set before."""
+    layers = [layer for _, layer in svd_lora_layers(model)]
+    previous = [layer.preference for layer in layers]
     try:
         yield model
     finally:
-        for name, layer in svd_lora_layers(model):
-            layer.preference = previous[name]
+        for layer, lam in zip(layers, previous, strict=True):
+            layer.preference = lam
+
+
+@contextmanager
+def preference(model: nn.Module, pref: PreferenceLike, *, normalize: bool = False):
+    """Run a block at λ, then restore whatever preference was set before."""
+    with preference_kept(model):
+        set_preference(model, pref, normalize=normalize)
+        yield model
 
 
 @contextmanager

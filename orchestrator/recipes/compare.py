@@ -20,7 +20,7 @@ driver). A stopped comparison started again resumes: finished models and fronts 
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,15 +136,25 @@ class Comparison:
 
     @contextmanager
     def judges(self) -> Iterator[Score]:
-        """Every front's scorer: reward models on a generation pool's actors (opened once the
-        training is done, so that its actors' CPUs and GPUs were the trainers'); ground truth,
-        a pure function, here."""
+        """Every front's scorer: reward models on a generation pool's actors, opened at the
+        first front to score (after the training, so that its actors' CPUs and GPUs were the
+        trainers'; not at all when a resumed comparison has every front); ground truth, a pure
+        function, here."""
         arguments = Scorers.arguments_for_run(self.cfg)
         if all(scorer == "ground_truth" for scorer in self.cfg.scorers.values()):
             yield Scorers(**arguments)
             return
-        with run_pool(self.cfg, self.model) as pool:
-            yield pool.scorer(arguments, progress=self.progress)
+        with ExitStack() as pools:
+            on_pool: Score | None = None
+
+            def score(prompts, responses):
+                nonlocal on_pool
+                if on_pool is None:
+                    pool = pools.enter_context(run_pool(self.cfg, self.model))
+                    on_pool = pool.scorer(arguments, progress=self.progress)
+                return on_pool(prompts, responses)
+
+            yield score
 
     def result(self, method: str, seed: int, models: MethodModels, score: Score) -> dict:
         cfg = self.seed_config(seed)

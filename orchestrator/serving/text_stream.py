@@ -13,18 +13,20 @@ class TextStream:
         self.tokenizer = tokenizer
         self.ids: list[int] = []
         self.prefix = self.read = 0
+        self.before = ""  # the text of the tokens from prefix to read
 
     def push(self, token: int | None, last: bool = False) -> str:
         """The text `token` (None: no token, e.g. the stop token) adds; on the `last` push,
         whatever was held back."""
         if token is not None:
             self.ids.append(token)
-        before = self._text(self.prefix, self.read)
         now = self._text(self.prefix, len(self.ids))
-        if len(now) <= len(before) or (now.endswith("\ufffd") and not last):
+        if len(now) <= len(self.before) or (now.endswith("\ufffd") and not last):
             return ""
+        new = now[len(self.before) :]
         self.prefix, self.read = self.read, len(self.ids)
-        return now[len(before) :]
+        self.before = self._text(self.prefix, self.read)
+        return new
 
     def _text(self, start: int, end: int) -> str:
         return self.tokenizer.decode(self.ids[start:end], skip_special_tokens=True)
