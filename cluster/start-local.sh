@@ -21,6 +21,8 @@ export RAY_AUTH_TOKEN_PATH="${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}"
 # Explicit: `ray start` enables token auth on its own only when it finds a token.
 export RAY_AUTH_MODE=token
 export RAY_USAGE_STATS_ENABLED=0
+# Serve's proxies end a stream whose replica died with an error event (serving/stream_guard.py).
+export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=orchestrator.serving.stream_guard:proxy_middlewares
 
 if [[ ! -s "$RAY_AUTH_TOKEN_PATH" ]]; then
     mkdir -p "$(dirname "$RAY_AUTH_TOKEN_PATH")"

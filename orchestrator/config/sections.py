@@ -400,6 +400,7 @@ class ServeSection(Section):
     # Retry-After instead of queueing without end.
     max_waiting_requests: Count = 64
     queue_timeout_s: Positive = 60.0  # a request that waits longer for a slot gets 503
+    body_timeout_s: Positive = 10.0  # a request whose body takes longer to arrive gets 408
     # Per replica; at least max_batch_size so batches can fill (above max_batch_size +
     # max_waiting_requests, the replica answers the excess with 429 rather than Serve queueing it)
     max_ongoing_requests: Count = 128

@@ -8,6 +8,7 @@ import ray
 
 from orchestrator.config import RunConfig, with_fields
 from orchestrator.model.loading import resolve_model_path
+from orchestrator.serving.stream_guard import PROXY_CALLBACK
 
 
 def ensure_ray() -> None:
@@ -19,6 +20,8 @@ def ensure_ray() -> None:
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         address = os.environ.get("RAY_ADDRESS")
+        if not address:  # the local instance's Serve proxies: a stream whose replica dies ends
+            os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", PROXY_CALLBACK)
         local = {} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
         ray.init(address=address, log_to_driver=False, **local)
 

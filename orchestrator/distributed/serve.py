@@ -58,7 +58,6 @@ from orchestrator.serving.text_stream import TextStream
 
 DEPLOYMENT = "SteerableModel"
 MAX_BODY_BYTES = 1 << 20
-BODY_TIMEOUT_S = 10.0  # for the whole body to arrive
 IMPORT_PATH = "orchestrator.distributed.serve:build_app"
 
 
@@ -87,6 +86,7 @@ class LiveConfig(BaseModel):
     batching: Literal["continuous", "static"]
     max_waiting_requests: Annotated[int, Field(ge=1)]
     queue_timeout_s: Annotated[float, Field(gt=0)]
+    body_timeout_s: Annotated[float, Field(gt=0)]
 
 
 @dataclass(frozen=True)
@@ -116,9 +116,9 @@ async def _route_error(request: Request, err: StarletteHTTPException) -> JSONRes
     )
 
 
-async def read_body(request: Request) -> bytes:
+async def read_body(request: Request, timeout_s: float) -> bytes:
     """The body of a JSON request: refused if it is not JSON, larger than MAX_BODY_BYTES or
-    slower to arrive than BODY_TIMEOUT_S, before it is read whole."""
+    slower to arrive than `timeout_s`, before it is read whole."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/json":
         raise ApiError(415, None, f"send the body as Content-Type: application/json; got {kind!r}")
@@ -136,10 +136,10 @@ async def read_body(request: Request) -> bytes:
             chunks.append(chunk)
 
     try:
-        await asyncio.wait_for(read(), BODY_TIMEOUT_S)
+        await asyncio.wait_for(read(), timeout_s)
     except TimeoutError:
         raise ApiError(
-            408, None, f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s"
+            408, None, f"the request body did not arrive within {timeout_s:g} s"
         ) from None
     return b"".join(chunks)
 
@@ -271,7 +271,7 @@ class SteerableModel:
 
     @api.post("/v1/completions")
     async def completions(self, request: Request):
-        body = parse_body(await read_body(request), CompletionBody)
+        body = parse_body(await read_body(request, self.live.body_timeout_s), CompletionBody)
         lam = self._preference(body)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts:
@@ -296,7 +296,7 @@ class SteerableModel:
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
-        body = parse_body(await read_body(request), ChatBody)
+        body = parse_body(await read_body(request, self.live.body_timeout_s), ChatBody)
         lam = self._preference(body)
         messages = [m.model_dump() for m in body.messages]
         self._make_room(1)
@@ -334,8 +334,7 @@ class SteerableModel:
 
     def _sse(self, jobs: list[DecodeJob], body, chunk, head, kind, request_id) -> StreamingResponse:
         """The answers as server-sent events: chunks as tokens decode, the usage last when the
-        client asked for it, then [DONE]; if decoding fails, an error event, and the stream
-        ends."""
+        client asked for it, then [DONE]; if decoding fails, an error event, then [DONE]."""
 
         async def events():
             queue: asyncio.Queue = asyncio.Queue()
@@ -365,7 +364,7 @@ class SteerableModel:
                 while finished < len(jobs):
                     item = await queue.get()
                     if isinstance(item, DecodeFailed):
-                        yield sse(server_error(str(item)))
+                        yield sse(server_error(str(item))) + sse("[DONE]")
                         return
                     if isinstance(item, tuple):
                         finished += 1
@@ -485,6 +484,7 @@ class ServedModel:
             batching=s.batching,
             max_waiting_requests=s.max_waiting_requests,
             queue_timeout_s=s.queue_timeout_s,
+            body_timeout_s=s.body_timeout_s,
         )
 
     def application(self) -> dict:

@@ -47,6 +47,7 @@ class _Request:
     prompt_ids: Sequence[int]
     preference: tuple[float, ...] | None
     params: SamplingParams
+    answer_ids: Sequence[int] = ()  # tokens it drew elsewhere: it goes on from them
 
 
 class _SlotCache:
@@ -74,8 +75,10 @@ class ContinuousDecoder:
 
     `add` queues a request (prompt token ids, λ or None, SamplingParams) under a key; each
     `step()` returns [(key, Piece)] for every row that drew a token in it, a row's last piece
-    saying how it finished. `cancel` drops a request, queued or running. Prompts longer than
-    `max_prompt_tokens` and answers longer than `max_new_tokens` are refused when added. With
+    saying how it finished. A request added with the `answer_ids` it drew so far (in another
+    decoder) goes on as if it had never left: its next draws are those it would have made.
+    `cancel` drops a request, queued or running. Prompts longer than `max_prompt_tokens`, token
+    ids outside the vocabulary and answers longer than `max_new_tokens` are refused when added. With
     `refill` false, requests are admitted only into an empty batch, which then runs until its
     longest answer ends: static batching, for comparison.
     """
@@ -123,10 +126,20 @@ class ContinuousDecoder:
         prompt_ids: Sequence[int],
         preference: Sequence[float] | None,
         params: SamplingParams,
+        answer_ids: Sequence[int] = (),
     ) -> None:
         if not 0 < len(prompt_ids) <= self.max_prompt_tokens:
             raise MoaError(
                 f"a prompt must have 1 to {self.max_prompt_tokens} tokens; got {len(prompt_ids)}"
+            )
+        vocab = self.model.get_input_embeddings().num_embeddings
+        outside = [i for i in [*prompt_ids, *answer_ids] if not 0 <= i < vocab]
+        if outside:
+            raise MoaError(f"token ids must be in [0, {vocab}); got {outside[0]}")
+        if len(answer_ids) >= params.max_new_tokens:
+            raise MoaError(
+                f"an answer to go on from has {len(answer_ids)} tokens; max_new_tokens is "
+                f"{params.max_new_tokens}"
             )
         if self.with_preference is None:
             self.with_preference = preference is not None
@@ -142,7 +155,7 @@ class ContinuousDecoder:
                 f"{self.max_new_tokens}"
             )
         lam = None if preference is None else tuple(preference)
-        self.waiting.append(_Request(key, list(prompt_ids), lam, params))
+        self.waiting.append(_Request(key, list(prompt_ids), lam, params, list(answer_ids)))
 
     def cancel(self, key: Hashable) -> None:
         self.waiting = deque(r for r in self.waiting if r.key != key)
@@ -150,9 +163,20 @@ class ContinuousDecoder:
             if row is not None and row.key == key:
                 self._leave(slot)
 
+    def alone(self) -> "ContinuousDecoder":
+        """An empty decoder like this one with a single slot: for a row to step by itself."""
+        return ContinuousDecoder(
+            self.model,
+            self.pad,
+            self.stops.tolist(),
+            max_num_seqs=1,
+            max_prompt_tokens=self.max_prompt_tokens,
+            max_new_tokens=self.max_new_tokens,
+        )
+
     def take_waiting(self) -> list[tuple]:
-        """The requests not admitted yet, as (key, prompt ids, preference, params), removed."""
-        taken = [(r.key, r.prompt_ids, r.preference, r.params) for r in self.waiting]
+        """The requests not admitted yet, as `add`'s arguments, removed."""
+        taken = [(r.key, r.prompt_ids, r.preference, r.params, r.answer_ids) for r in self.waiting]
         self.waiting.clear()
         return taken
 
@@ -199,12 +223,16 @@ class ContinuousDecoder:
         if not newcomers:
             return
         slots = free[: len(newcomers)]
-        width = max(len(r.prompt_ids) for r in newcomers)
+        texts = [[*r.prompt_ids, *r.answer_ids] for r in newcomers]
+        width = max(len(ids) for ids in texts)
+        # An answer gone on from can be wider than the prompts: the shared column moves right,
+        # over columns no running row attends to.
+        self.column = max(self.column, width)
         input_ids = torch.full((len(newcomers), width), self.pad, dtype=torch.long)
         attention = torch.zeros((len(newcomers), width), dtype=torch.long)
-        for i, request in enumerate(newcomers):
-            input_ids[i, width - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids)
-            attention[i, width - len(request.prompt_ids) :] = 1
+        for i, ids in enumerate(texts):
+            input_ids[i, width - len(ids) :] = torch.tensor(ids)
+            attention[i, width - len(ids) :] = 1
         input_ids, attention = input_ids.to(self.device), attention.to(self.device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         self._steer([r.preference for r in newcomers])
@@ -224,10 +252,14 @@ class ContinuousDecoder:
         self.mask[index] = False
         self.mask[index, span] = attention.bool()
         self.logits[index] = out.logits[:, -1]
-        for slot, request in zip(slots, newcomers, strict=True):
-            length = len(request.prompt_ids)
+        for slot, request, ids in zip(slots, newcomers, texts, strict=True):
             self.slots[slot] = _Row(
-                request.key, request.params, request.preference, self.column - length, length
+                request.key,
+                request.params,
+                request.preference,
+                start=self.column - len(ids),
+                position=len(ids),
+                drawn=len(request.answer_ids),
             )
 
     def _allocate(self, prefill_cache, vocab: int, dtype: torch.dtype) -> None:

@@ -3,8 +3,10 @@
 Requests arrive on the event loop; each gets its own queue of (Piece, adapter version). Between
 two steps (never during one) the loop hands the decoder the requests that arrived and the ones
 whose client went away, so a newcomer joins the running batch at the next step and a dropped
-stream frees its row there. A step that raises fails the requests it was decoding — each gets
-the error, every other request goes on — and the decoder starts afresh. `drained()` holds new
+stream frees its row there. When a step raises, each row it held steps once by itself: a row
+that raises alone fails with its error, and the others go on, in a fresh decoder, from the
+tokens they had drawn, so one poisoned request fails no other (a row caught in a second failed
+step fails without a trial, so a fault that needs company cannot loop). `drained()` holds new
 requests back until every admitted one has finished: an adapter reload runs inside it, so a
 request decodes on one adapter from its first token to its last.
 """
@@ -64,7 +66,10 @@ class DecodeLoop:
         self.arrived: list[tuple[int, DecodeJob]] = []
         self.gone: set[int] = set()
         self.queues: dict[int, asyncio.Queue] = {}
-        self.versions: dict[int, str] = {}
+        self.versions: dict[int, str] = {}  # the admitted requests' adapter versions
+        self.jobs: dict[int, DecodeJob] = {}
+        self.answers: dict[int, list[int]] = {}  # the tokens each admitted request drew so far
+        self.tried: set[int] = set()  # requests that stepped alone after a failed step
         self.task: asyncio.Task | None = None
         self.idle = asyncio.Event()
         self.idle.set()
@@ -89,9 +94,7 @@ class DecodeLoop:
                 finished = item[0].finish is not None
                 yield item
         finally:
-            self.queues.pop(key, None)
-            self.versions.pop(key, None)
-            self.arrived_at.pop(key, None)
+            self._forget(key)
             if not finished:
                 self.gone.add(key)
                 self._wake()
@@ -116,6 +119,11 @@ class DecodeLoop:
         """A new decoder (new slot count or scheduling); only inside drained()."""
         self.decoder = self.new_decoder()
 
+    def _forget(self, key: int) -> None:
+        for table in (self.queues, self.versions, self.arrived_at, self.jobs, self.answers):
+            table.pop(key, None)
+        self.tried.discard(key)
+
     def _wake(self) -> None:
         if self.task is None and (self.arrived or self.decoder.has_work()) and not self.held:
             self.idle.clear()
@@ -130,15 +138,13 @@ class DecodeLoop:
                     return
                 try:
                     pieces = await loop.run_in_executor(self.executor, self.decoder.step)
-                except Exception as err:  # the requests it was decoding get it, no one else
-                    self._fail(err)
+                except Exception as err:
+                    await self._isolate(err)
                     continue
                 self.steps += 1
                 self.rows += len(pieces)
                 self.largest = max(self.largest, len(pieces))
-                for key, piece in pieces:
-                    if key in self.queues:
-                        self.queues[key].put_nowait((piece, self.versions[key]))
+                self._deliver(pieces)
         finally:
             self.task = None
             self.idle.set()
@@ -161,6 +167,7 @@ class DecodeLoop:
                 self.queues[key].put_nowait(err)
                 continue
             self.versions[key] = self.version()
+            self.jobs[key], self.answers[key] = job, []
             self.admitted += 1
         self.arrived.clear()
 
@@ -170,19 +177,54 @@ class DecodeLoop:
         for key in [request.key for request in self.decoder.waiting]:
             if self.arrived_at.get(key, deadline) < deadline and key in self.queues:
                 message = f"no decoding slot came free within {self.queue_timeout_s:g} s"
-                self.queues.pop(key).put_nowait(WaitedTooLong(message))
+                self._fail_one(key, WaitedTooLong(message))
                 self.decoder.cancel(key)
-                self.versions.pop(key, None)
 
-    def _fail(self, err: Exception) -> None:
-        """The rows the failed step held get `err`; the requests still waiting for a slot go
-        to a fresh decoder."""
+    def _deliver(self, pieces: list[tuple[int, Piece]]) -> None:
+        for key, piece in pieces:
+            if key in self.queues:
+                if piece.token is not None:
+                    self.answers[key].append(piece.token)
+                self.queues[key].put_nowait((piece, self.versions[key]))
+
+    def _fail_one(self, key: int, err: Exception) -> None:
+        self.queues.pop(key).put_nowait(err)
+        self._forget(key)
+
+    async def _isolate(self, err: Exception) -> None:
+        """After a step raised `err`: each row it held steps alone, and fails only if that
+        raises too; the others go on first in a fresh decoder, then the requests that were
+        waiting for a slot."""
         waiting = self.decoder.take_waiting()
         queued = {request[0] for request in waiting}
-        for key in [k for k in self.versions if k not in queued]:
-            if key in self.queues:
-                self.queues[key].put_nowait(err)
-            del self.versions[key]
+        suspects = [key for key in self.versions if key not in queued]
         self.decoder = self.new_decoder()
+        loop = asyncio.get_running_loop()
+        for key in suspects:
+            if key not in self.queues:  # its client left
+                continue
+            if key in self.tried:
+                self._fail_one(key, err)
+                continue
+            self.tried.add(key)
+            job = self.jobs[key]
+            request = (key, job.prompt_ids, job.preference, job.params)
+            try:
+                pieces = await loop.run_in_executor(
+                    self.executor, _step_alone, self.decoder, (*request, list(self.answers[key]))
+                )
+            except Exception as own:
+                self._fail_one(key, own)
+                continue
+            self._deliver(pieces)
+            if key in self.queues and pieces[-1][1].finish is None:
+                self.decoder.add(*request, list(self.answers[key]))
         for request in waiting:
             self.decoder.add(*request)
+
+
+def _step_alone(decoder: ContinuousDecoder, request: tuple) -> list[tuple[int, Piece]]:
+    """One step of `request` (add's arguments) in a decoder of its own, like `decoder`."""
+    solo = decoder.alone()
+    solo.add(*request)
+    return solo.step()

@@ -2,10 +2,12 @@
 requests at different λ share batches, client mistakes get a 4xx naming the field, and a new
 adapter is loaded in place while requests are in flight."""
 
+import http.client
 import json
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import openai
 import pytest
+import ray
 from ray import serve
 
 from orchestrator.data.encoding import encode_prompt
@@ -341,6 +344,116 @@ def test_requests_beyond_the_waiting_bound_get_429_with_retry_after(server, adap
     assert get(f"{server}/health")["status"] == "ok"
 
 
+def test_requests_a_probe_found_poisonous_fail_alone_and_their_batchmates_finish(
+    server, adapters, tiny_base_dir, tokenizer
+):
+    """Sent among good ones at once: what once passed validation and broke the shared step is
+    refused by itself; a top_p of 1e-46 keeps only the likeliest token (greedy); the good ones
+    give their offline answers."""
+    refused = [
+        {"prompt": PROMPTS[0], "seed": 2**64, "temperature": 1},
+        {"prompt": PROMPTS[0], "seed": -(2**63) - 1, "temperature": 1},
+        {"prompt": PROMPTS[0], "temperature": 1e-39},
+    ]
+    narrow = {"prompt": PROMPTS[1], "preference": [0.5, 0.5], "temperature": 1, "top_p": 1e-46}
+    good = [
+        {"prompt": PROMPTS[i % 3], "preference": list(LAMBDAS[i % 5]), "temperature": 0}
+        for i in range(9)
+    ]
+    bodies = [*good[:3], *refused, *good[3:6], narrow, *good[6:]]
+    with ThreadPoolExecutor(len(bodies)) as threads:
+        results = list(threads.map(lambda b: post(f"{server}/v1/completions", b), bodies))
+    answers = {id(body): result for body, result in zip(bodies, results, strict=True)}
+    assert [answers[id(b)][0] for b in refused] == [400, 400, 400]
+    assert [answers[id(b)][1]["error"]["param"] for b in refused] == ["seed", "seed", "temperature"]
+    want = offline(
+        tiny_base_dir,
+        tokenizer,
+        adapters[0],
+        [b["prompt"] for b in [*good, narrow]],
+        [b["preference"] for b in [*good, narrow]],
+    )
+    got = [answers[id(b)] for b in [*good, narrow]]
+    assert [status for status, _ in got] == [200] * 10
+    assert [answer["choices"][0]["text"] for _, answer in got] == want
+
+
+def test_a_stream_that_gets_no_slot_in_time_ends_with_an_error_event(server, adapters, settings):
+    tight = [*settings, "serve.max_batch_size=1", "serve.queue_timeout_s=0.000001"]
+    deploy(served_model(str(adapters[0]), tight))  # in place: one slot, no waiting for it
+    long = {"prompt": PROMPTS[0], "temperature": 0, "max_tokens": 64, "preference": [1, 0]}
+    stream = {"messages": [{"role": "user", "content": PROMPTS[1]}], "stream": True}
+    try:
+        with ThreadPoolExecutor(1) as threads:
+            running = threads.submit(post, f"{server}/v1/completions", long)
+            deadline = time.monotonic() + 30
+            while get(f"{server}/v1/stats")["running"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            status, text = post(f"{server}/v1/chat/completions", stream)
+            first = running.result()
+    finally:
+        deploy(served_model(str(adapters[0]), settings))
+    assert first[0] == 200 and first[1]["usage"]["completion_tokens"] == 64  # it held the slot
+    assert status == 200
+    events = [line.removeprefix("data: ") for line in text.split("\n\n") if line]
+    [event, done] = events  # the error, no chunk, and the end
+    assert done == "[DONE]"
+    error = json.loads(event)["error"]
+    assert error["type"] == "server_error"
+    assert "no decoding slot came free within 1e-06 s" in error["message"]
+
+
+def test_a_client_that_disconnects_frees_its_rows(server):
+    host, port = server.removeprefix("http://").split(":")
+    body = {"prompt": PROMPTS[:2] * 8, "temperature": 0, "max_tokens": 64, "stream": True}
+    before = get(f"{server}/v1/stats")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request(
+        "POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"}
+    )
+    response = connection.getresponse()
+    assert response.status == 200 and response.read(6) == b"data: "
+    connection.close()  # gone after the first chunk of 16 answers
+    deadline = time.monotonic() + 30
+    while (after := get(f"{server}/v1/stats"))["running"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert after["running"] == 0
+    assert after["rows"] - before["rows"] < 16 * 64 / 2  # the rows left long before their end
+
+
+def test_clients_stuck_halfway_through_their_body_block_neither_health_nor_requests(
+    server, adapters, settings
+):
+    quick = [*settings, "serve.body_timeout_s=2"]
+    deploy(served_model(str(adapters[0]), quick))  # in place
+    host, port = server.removeprefix("http://").split(":")
+    head = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n" + b'{"prompt": "'
+    )
+    stuck = []
+    try:
+        for _ in range(64):  # more than the replica's 32 decoding slots
+            sock = socket.create_connection((host, int(port)), timeout=30)
+            sock.sendall(head)
+            stuck.append(sock)
+        started = time.monotonic()
+        assert get(f"{server}/health")["status"] == "ok"
+        assert complete(server, PROMPTS[0], (0.5, 0.5))["choices"][0]["text"]
+        assert time.monotonic() - started < 10
+        replies = []  # each is answered in time
+        for sock in stuck:
+            reply = http.client.HTTPResponse(sock)
+            reply.begin()
+            replies.append((reply.status, json.loads(reply.read())))
+    finally:
+        for sock in stuck:
+            sock.close()
+        deploy(served_model(str(adapters[0]), settings))
+    assert {status for status, _ in replies} == {408}, replies[:2]
+    assert all("did not arrive within 2 s" in body["error"]["message"] for _, body in replies)
+
+
 def test_preferences_and_models_describe_what_is_served(server, adapters):
     info = get(f"{server}/v1/preferences")
     assert info["objectives"] == ["helpful", "harmless"]
@@ -434,3 +547,23 @@ def test_a_model_trained_at_one_preference_is_served_at_that_one_only(
     want = offline(tiny_base_dir, tokenizer, fixed, PROMPTS[:1], [(0.7, 0.3)])
     assert by_default["choices"][0]["text"] == want[0]
     assert complete(server, PROMPTS[0], (0.7, 0.3))["choices"][0]["text"] == want[0]
+
+
+def test_streams_whose_replica_dies_end_with_an_error_event_and_done(server):
+    """Really last: the replica is killed (Serve starts another while the module tears down)."""
+    host, port = server.removeprefix("http://").split(":")
+    body = {"prompt": PROMPTS[:2] * 8, "temperature": 0, "max_tokens": 64, "stream": True}
+    replica = get(f"{server}/v1/stats")["replica"]
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.request(
+        "POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"}
+    )
+    response = connection.getresponse()
+    assert response.status == 200 and response.read(6) == b"data: "
+    ray.kill(ray.get_actor(f"SERVE_REPLICA::moa#SteerableModel#{replica}", namespace="serve"))
+    rest = response.read().decode()  # the body ends: no error from an unfinished chunked body
+    events = [event.removeprefix("data: ") for event in rest.split("\n\n") if event]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["type"] == "server_error" and "stopped before the answer ended" in error["message"]
+    assert sum(json.loads(e).get("object") == "text_completion" for e in events[1:-2]) < 16 * 64

@@ -136,6 +136,41 @@ def test_rows_outlive_moves_of_the_cache(model, tokenizer, monkeypatch, naive_gr
             assert tokens[i] == naive_greedy(model, ids, params[i].max_new_tokens)
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_row_that_goes_on_from_its_drawn_tokens_in_another_decoder_gives_the_rest(
+    model, tokenizer, temperature
+):
+    """Rows drawn part way in one decoder, then added with those tokens to another that is
+    running others (its shared column behind their width, so it moves right), give the tokens
+    they give in one go, greedy and seeded."""
+    params = [SamplingParams(12, temperature, 0.9, seed=7 + i) for i in range(3)]
+    rows = [
+        (i, prompt_ids(tokenizer, PROMPTS[i + 1])[:14], LAMBDAS[i], params[i]) for i in range(3)
+    ]
+    whole = decode_all(new_decoder(model, tokenizer, 3, max_prompt_tokens=16), rows)
+    first = new_decoder(model, tokenizer, 3, max_prompt_tokens=16)
+    for row in rows:
+        first.add(*row)
+    drawn = {key: [] for key, *_ in rows}
+    for _ in range(9):
+        for key, piece in first.step():
+            drawn[key].append(piece.token)
+    assert all(len(tokens) == 9 and None not in tokens for tokens in drawn.values())
+    second = new_decoder(model, tokenizer, 3, max_prompt_tokens=16)
+    second.add("other", prompt_ids(tokenizer, PROMPTS[0]), LAMBDAS[4], SamplingParams(6))
+    second.step()
+    for row in rows:
+        second.add(*row, drawn[row[0]])
+    columns = []
+    while second.has_work():
+        columns.append(second.column)
+        for key, piece in second.step():
+            if key in drawn and piece.token is not None:
+                drawn[key].append(piece.token)
+    assert drawn == whole
+    assert columns[:2] == [17, 24]  # 14 + 9 tokens moved the column on past the prompts' 16
+
+
 def test_a_cancelled_row_frees_its_slot_for_the_next_request(model, tokenizer):
     decoder = new_decoder(model, tokenizer, 1)
     params = SamplingParams(max_new_tokens=16)
@@ -182,8 +217,15 @@ def test_another_architecture_with_grouped_kv_heads_decodes_as_alone(naive_greed
         ([], SamplingParams(), "a prompt must have 1 to 32 tokens; got 0"),
         (list(range(3, 36)), SamplingParams(), "a prompt must have 1 to 32 tokens; got 33"),
         ([5], SamplingParams(max_new_tokens=17), "max_new_tokens 17 is above this decoder's 16"),
+        ([5, 99999], SamplingParams(), r"token ids must be in \[0, \d+\); got 99999"),
+        ([5, -1], SamplingParams(), r"token ids must be in \[0, \d+\); got -1"),
     ],
 )
 def test_requests_beyond_the_decoders_bounds_are_refused(model, tokenizer, prompt, params, message):
     with pytest.raises(MoaError, match=message):
         new_decoder(model, tokenizer, 2).add(0, prompt, LAMBDAS[0], params)
+
+
+def test_an_answer_to_go_on_from_must_leave_a_token_to_draw(model, tokenizer):
+    with pytest.raises(MoaError, match="an answer to go on from has 4 tokens; max_new_tokens is 4"):
+        new_decoder(model, tokenizer, 2).add(0, [5], LAMBDAS[0], SamplingParams(4), [6] * 4)

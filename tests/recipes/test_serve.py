@@ -108,6 +108,7 @@ def test_the_serve_config_reloads_in_place_when_only_the_adapter_or_batching_cha
         "batching": "static",
         "max_waiting_requests": 64,
         "queue_timeout_s": 60.0,
+        "body_timeout_s": 10.0,
     }
     assert deployment["num_replicas"] == 1
     elsewhere = served_model(str(adapters[0]), ["serve.max_tokens=512"]).application()

@@ -1,8 +1,9 @@
 """The server's decode loop without a server: requests that arrive while others decode join them
-and each gets its own tokens, a failed step fails only the requests it was decoding, a client
+and each gets its own tokens, a poisoned request fails alone, a client
 that leaves frees its row, and drained() holds newcomers back until the admitted ones are done."""
 
 import asyncio
+import functools
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -12,6 +13,7 @@ from orchestrator.model.decoder import ContinuousDecoder
 from orchestrator.model.loading import load_model
 from orchestrator.model.sampling import SamplingParams
 from orchestrator.model.svd_lora import inject_svd_lora
+from orchestrator.serving import decode_loop
 from orchestrator.serving.decode_loop import DecodeFailed, DecodeJob, DecodeLoop, WaitedTooLong
 
 PROMPTS = ["Hi", "How do I start a campfire?", "Tell me a joke.", "Why is the sky blue?"]
@@ -69,29 +71,85 @@ def test_requests_that_arrive_while_others_decode_join_them(make_loop, tokenizer
     assert loop.rows == sum(len(a) for a in answers) + sum(len(a) < 8 for a in answers)
 
 
-def test_a_failed_step_fails_its_requests_and_the_waiting_one_goes_on(
+POISON = 2  # a token id that none of the healthy rows reads or writes
+
+
+@pytest.fixture
+def poisoned(model, monkeypatch):
+    """The model's forward raises for a batch that holds POISON."""
+    forward = model.forward
+
+    @functools.wraps(forward)
+    def guarded(*args, input_ids, **kwargs):
+        if (input_ids == POISON).any():
+            raise RuntimeError("a poisoned row")
+        return forward(*args, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(model, "forward", guarded)
+
+
+def sampled(tokenizer, i: int, max_tokens: int = 16) -> DecodeJob:
+    ids = encode_prompt(tokenizer, PROMPTS[i], 64)
+    return DecodeJob(ids, [0.5, 0.5], SamplingParams(max_tokens, temperature=1.0, seed=11 + i))
+
+
+@pytest.mark.usefixtures("poisoned")
+def test_a_poisoned_request_fails_alone_and_its_batchmates_go_on_as_alone(
     make_loop, tokenizer, monkeypatch
 ):
-    calls = {"n": 0}
-    original = ContinuousDecoder.step
+    """A request that joins the running rows and makes the step raise fails by itself; the rows
+    it interrupted (greedy and seeded) go on from their tokens, the one waiting for a slot
+    starts afterwards, and each gives what it gives alone."""
+    healthy = [job(tokenizer, 1, 64), sampled(tokenizer, 2, 64), job(tokenizer, 3, 16)]
+    poison = DecodeJob([*healthy[0].prompt_ids, POISON], [1.0, 0.0], SamplingParams(8))
+    trials = []
+    step_alone = decode_loop._step_alone
 
-    def failing_once(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("a step went wrong")
-        return original(self)
+    def recorded(decoder, request):
+        trials.append((request[0], len(request[4])))  # (key, tokens drawn before the trial)
+        return step_alone(decoder, request)
 
-    monkeypatch.setattr(ContinuousDecoder, "step", failing_once)
+    monkeypatch.setattr(decode_loop, "_step_alone", recorded)
 
     async def scenario():
-        loop = make_loop(1)  # one slot: the second request waits while the first decodes
-        tasks = [asyncio.create_task(tokens_of(loop, job(tokenizer, i, 16))) for i in (0, 1)]
-        return await asyncio.gather(*tasks, return_exceptions=True)
+        loop = make_loop(3)  # the third healthy request waits for a slot
+        tasks = [asyncio.create_task(tokens_of(loop, healthy[i])) for i in (0, 1)]
+        while loop.steps < 3:  # they are decoding when the poison and the third arrive
+            await asyncio.sleep(0.001)
+        tasks += [asyncio.create_task(tokens_of(loop, j)) for j in (poison, healthy[2])]
+        return await asyncio.gather(*tasks, return_exceptions=True), loop
 
-    first, second = asyncio.run(scenario())
-    assert isinstance(first, DecodeFailed) and "a step went wrong" in str(first)
-    monkeypatch.setattr(ContinuousDecoder, "step", original)
-    assert second == alone(make_loop, tokenizer, 1, 16)
+    (first, second, bad, third), loop = asyncio.run(scenario())
+    assert isinstance(bad, DecodeFailed) and "a poisoned row" in str(bad)
+    by_itself = [asyncio.run(tokens_of(make_loop(1), j)) for j in healthy]
+    assert [first, second, third] == by_itself
+    assert all(POISON not in tokens for tokens in by_itself)
+    assert [key for key, _ in trials] == [0, 1, 2]  # the step's rows, not the one waiting
+    assert trials[0][1] > 0 and trials[1][1] > 0 and trials[2][1] == 0  # went on midway
+    assert loop.decoder.running == 0 and not loop.jobs and not loop.answers
+
+
+def test_a_fault_that_needs_batchmates_fails_its_rows_at_the_second_step_it_breaks(
+    make_loop, tokenizer, model, monkeypatch
+):
+    forward = model.forward
+
+    @functools.wraps(forward)
+    def crowded(*args, input_ids, **kwargs):
+        if input_ids.shape[0] > 1:
+            raise RuntimeError("too many rows")
+        return forward(*args, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(model, "forward", crowded)
+
+    async def scenario():
+        loop = make_loop(2)
+        tasks = [asyncio.create_task(tokens_of(loop, job(tokenizer, i, 16))) for i in (0, 1)]
+        return await asyncio.gather(*tasks, return_exceptions=True), loop
+
+    answers, loop = asyncio.run(scenario())
+    assert all(isinstance(a, DecodeFailed) and "too many rows" in str(a) for a in answers)
+    assert not loop.decoder.has_work() and not loop.queues
 
 
 def test_a_client_that_leaves_frees_its_row_at_the_next_step(make_loop, tokenizer):
