@@ -9,52 +9,80 @@ import torch
 from torch import nn
 
 from orchestrator.config.sections import TrainSection
-from orchestrator.model.svd_lora import adapter_disabled, anchored, preference
+from orchestrator.model.forward import accepts_logits_to_keep, as_model_mask
+from orchestrator.model.svd_lora import (
+    adapter_disabled,
+    anchored,
+    preference,
+    token_preferences,
+    unwrap,
+)
 from orchestrator.objectives import (
     aggregate,
     per_objective_dpo_losses,
     per_objective_sft_losses,
+    response_logprobs,
     sequence_logprobs,
 )
 
 
 def policy_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """Summed response log-probs and response lengths of the a rows and the b rows."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logps, lengths = sequence_logprobs(logits, batch["input_ids"], batch["loss_mask"])
+    """Summed response log-probs and response lengths of the a responses and the b responses,
+    from a padded batch (collate_pairs) or a packed one (pack_pairs)."""
+    if "sources" in batch:
+        logps, lengths = _packed_logprobs(model, batch)
+    else:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logps, lengths = sequence_logprobs(logits, batch["input_ids"], batch["loss_mask"])
     half = batch["signs"].shape[0]
     return logps[:half], logps[half:], lengths[:half], lengths[half:]
 
 
+def _packed_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """One forward pass over the packed rows; logits only at the positions that predict a
+    response token (with one row, exactly those; with several, the positions any row needs)."""
+    sources, width = batch["sources"], batch["input_ids"].shape[1]
+    rows, positions = sources // width, sources % width
+    kept, columns = torch.unique(positions, return_inverse=True)
+    options = {"logits_to_keep": kept} if accepts_logits_to_keep(model) else {}
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=as_model_mask(unwrap(model), batch["attention_mask"], unwrap(model).dtype),
+        position_ids=batch["position_ids"],
+        **options,
+    ).logits
+    picked = logits[rows, columns if options else positions]
+    return response_logprobs(picked, batch["targets"], batch["owners"], 2 * batch["signs"].shape[0])
+
+
 @torch.no_grad()
 def reference_logprobs(
-    model: nn.Module, batch: dict[str, torch.Tensor], anchor_preference: torch.Tensor | None = None
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    pref: torch.Tensor | None = None,
+    *,
+    initial: bool | None = None,
 ) -> torch.Tensor:
     """[B, 2] log-probs of responses a and b under the DPO anchor: π_ref, the base model with the
-    adapter switched off; or, given `anchor_preference` λ, the frozen anchor adapter
-    (freeze_anchor) at λ.
+    adapter switched off; or, when `initial` (by default: when λ is given), the frozen anchor
+    adapter (freeze_anchor) at the batch's λ (`steered`: `pref`, or each pair's own).
 
     Always in eval mode (no dropout), so the reference is the same whether computed per step or
     precomputed once.
     """
+    initial = pref is not None if initial is None else initial
     was_training = model.training
     model.eval()
     try:
-        if anchor_preference is None:
-            with adapter_disabled(model):
+        if initial:
+            with anchored(model), steered(model, batch, pref):
                 ref_a, ref_b, _, _ = policy_logprobs(model, batch)
         else:
-            with anchored(model), preference(model, anchor_preference):
+            with adapter_disabled(model):
                 ref_a, ref_b, _, _ = policy_logprobs(model, batch)
     finally:
         model.train(was_training)
     return torch.stack([ref_a, ref_b], dim=-1)
-
-
-def anchor_preference(cfg: TrainSection, pref: torch.Tensor | None) -> torch.Tensor | None:
-    """The λ the DPO anchor runs at: none for the base model, the policy's for the initial
-    adapter."""
-    return pref if cfg.reference == "initial" else None
 
 
 def row_preferences(
@@ -64,6 +92,15 @@ def row_preferences(
     ("preferences" [B, m], train.preference_per_pair), else `pref` for every row."""
     own = batch.get("preferences")
     return pref if own is None else torch.cat([own, own])
+
+
+def steered(model: nn.Module, batch: dict[str, torch.Tensor], pref: torch.Tensor | None):
+    """The model at the batch's λ: `pref` for every row, or each pair's own (row_preferences;
+    per token in a packed batch, whose rows hold several pairs)."""
+    own = batch.get("preferences")
+    if own is not None and "token_pairs" in batch:
+        return token_preferences(model, own, batch["token_pairs"])
+    return preference(model, row_preferences(batch, pref))
 
 
 def objective_losses(
@@ -80,15 +117,14 @@ def objective_losses(
     micro-batches' losses add up to the step's means (default: this batch's own counts). A batch
     with "margins" [B, m] subtracts them from each objective's DPO logit.
     """
-    steer = row_preferences(batch, pref)
-    with preference(model, steer):
+    with steered(model, batch, pref):
         logp_a, logp_b, len_a, len_b = policy_logprobs(model, batch)
     signs = batch["signs"]
     if cfg.loss == "sft":
         return per_objective_sft_losses(logp_a, logp_b, len_a, len_b, signs, normalizer)
     reference = batch.get("reference_logps")
     if reference is None:
-        reference = reference_logprobs(model, batch, anchor_preference(cfg, steer))
+        reference = reference_logprobs(model, batch, pref, initial=cfg.reference == "initial")
     return per_objective_dpo_losses(
         logp_a,
         logp_b,

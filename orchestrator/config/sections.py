@@ -106,6 +106,10 @@ class TrainSection(Section):
     learning_rate: Positive = 2e-3
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
     batch_size: Count = 16  # pairs per micro-batch
+    # Each pair one sequence [prompt, a, b] (b does not see a), pairs side by side in rows of up
+    # to pack_tokens tokens: no padding inside, no prompt computed twice; false: padded rows
+    packing: bool = True
+    pack_tokens: Count = 1024
     grad_accum_steps: Count = 1
     max_steps: Count = 300
     # Linear warm-up of the learning rate; default min(20, max_steps // 5) (see `warmup`).

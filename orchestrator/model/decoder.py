@@ -17,7 +17,6 @@ hides every other row, and its random draws are a function of its own seed and s
 (model/sampling.py), so a row gives the tokens it would give alone.
 """
 
-import inspect
 from collections import deque
 from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,11 @@ import torch
 from torch import nn
 
 from orchestrator.errors import MoaError
+from orchestrator.model.forward import (
+    accepts_logits_to_keep,
+    as_model_mask,
+    check_masked_attention,
+)
 from orchestrator.model.sampling import Piece, SamplingParams, next_tokens
 from orchestrator.model.svd_lora import svd_lora_config, svd_lora_layers
 from orchestrator.objectives.preference import validate_preference
@@ -94,21 +98,15 @@ class ContinuousDecoder:
         max_new_tokens: int = 512,
         refill: bool = True,
     ):
-        attention = getattr(model.config, "_attn_implementation", "sdpa")
-        if attention not in ("sdpa", "eager"):
-            raise MoaError(
-                f"the decoder needs sdpa or eager attention; the model uses {attention!r}"
-            )
+        check_masked_attention(model, "the decoder")
         self.model, self.pad = model, pad_token_id
         self.device = next(model.parameters()).device
         self.stops = torch.tensor(sorted(stop_token_ids), dtype=torch.long, device=self.device)
         self.max_num_seqs, self.refill = max_num_seqs, refill
         self.max_prompt_tokens, self.max_new_tokens = max_prompt_tokens, max_new_tokens
         self.columns = 2 * (max_prompt_tokens + max_new_tokens)
-        self.additive_mask = attention == "eager"
         # A prefill's [B, T, vocab] logits are large for a 150k vocabulary: the last only.
-        accepts = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self.last_logits_only = {"logits_to_keep": 1} if accepts else {}
+        self.last_logits_only = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
         self.lora_layers = [layer for _, layer in svd_lora_layers(model)]
         self.num_objectives = svd_lora_config(model).num_objectives if self.lora_layers else 0
         self.with_preference: bool | None = None  # fixed by the first request
@@ -295,12 +293,8 @@ class ContinuousDecoder:
         self.mask[:active, self.column] = True  # a free slot attends to its own pad: no NaN
         low = min(self.slots[slot].start for slot in live)
         self.cache.low, self.cache.column, self.cache.active = low, self.column, active
-        mask = self.mask[:active, None, None, low : self.column + 1]
-        if self.additive_mask:
-            dtype = self.cache.layers[0][0].dtype
-            mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill(
-                ~mask, torch.finfo(dtype).min
-            )
+        allowed = self.mask[:active, None, None, low : self.column + 1]
+        mask = as_model_mask(self.model, allowed, self.cache.layers[0][0].dtype)
         idle = self.slots[live[0]].preference  # a free slot's λ: any valid one
         lam = [self.slots[s].preference if self.slots[s] else idle for s in range(active)]
         self._steer(lam)

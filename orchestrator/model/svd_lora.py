@@ -96,7 +96,8 @@ class SVDLoRALinear(nn.Module):
         return self.lora_u, self.lora_v, self.lora_sigma, self.lora_scale
 
     def singular_values(self) -> torch.Tensor:
-        """(α/k) · [σ, s·λ]: shape [k+m], or [B, k+m] when λ is given per row."""
+        """(α/k) · [σ, s·λ]: shape [k+m], [B, k+m] when λ is given per row, or [B, T, k+m]
+        per token."""
         lam = self.preference
         if lam is None:
             raise MoaError(
@@ -129,6 +130,11 @@ class SVDLoRALinear(nn.Module):
                     f"{x.shape[0] if x.dim() > 1 else 1}; set one λ per batch row"
                 )
             diag = diag.view(diag.shape[0], *([1] * (x.dim() - 2)), diag.shape[-1])
+        elif diag.dim() == 3 and x.shape[:2] != diag.shape[:2]:
+            raise MoaError(
+                f"per-token preference has shape {list(diag.shape[:2])} but the batch "
+                f"{list(x.shape[:2])}; set one λ per token"
+            )
         u, v, _, _ = self.adapter_weights()
         x = x.to(v.dtype)
         return out + F.linear(F.linear(x, v) * diag, u).to(out.dtype)
@@ -272,6 +278,18 @@ def preference(model: nn.Module, pref: PreferenceLike, *, normalize: bool = Fals
     """Run a block at λ, then restore whatever preference was set before."""
     with preference_kept(model):
         set_preference(model, pref, normalize=normalize)
+        yield model
+
+
+@contextmanager
+def token_preferences(model: nn.Module, per_sequence: PreferenceLike, owners: torch.Tensor):
+    """Run a block with λ per token: token (r, t) at per_sequence[owners[r, t]] ([S, m] and an
+    [R, T] index), for rows that pack several sequences, each at its own λ."""
+    lam = validate_preference(per_sequence, svd_lora_config(model).num_objectives)
+    if lam.dim() != 2:
+        raise MoaError(f"per-sequence preferences must have shape [S, m]; got {list(lam.shape)}")
+    with preference_kept(model):
+        _write_preference(model, lam.to(owners.device)[owners])
         yield model
 
 

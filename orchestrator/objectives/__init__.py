@@ -12,6 +12,7 @@ from orchestrator.objectives.losses import (
     per_objective_dpo_losses,
     per_objective_sft_losses,
     preference_loss,
+    response_logprobs,
     sequence_logprobs,
 )
 from orchestrator.objectives.sampling import PreferenceSampler
@@ -25,5 +26,6 @@ __all__ = [
     "per_objective_dpo_losses",
     "per_objective_sft_losses",
     "preference_loss",
+    "response_logprobs",
     "sequence_logprobs",
 ]

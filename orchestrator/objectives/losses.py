@@ -38,6 +38,18 @@ def sequence_logprobs(
     return token_logp.sum(dim=-1), mask.sum(dim=-1).float()
 
 
+def response_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, owners: torch.Tensor, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of log p(token) per response, and how many tokens it has, from the logits [N, V] that
+    predict each response token: targets [N] the tokens, owners [N] their responses (0 ≤ owner
+    < count). Returns (logp [count], length [count]), both float32."""
+    token_nll = F.cross_entropy(logits.float(), targets.long(), reduction="none")
+    logps = torch.zeros(count, dtype=torch.float32, device=logits.device)
+    logps = logps.index_add(0, owners, -token_nll)
+    return logps, torch.bincount(owners, minlength=count).float()
+
+
 def preference_loss(
     policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,

@@ -14,15 +14,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from orchestrator.algorithms.panacea import (
-    anchor_preference,
-    objective_losses,
-    reference_logprobs,
-    row_preferences,
-)
+from orchestrator.algorithms.panacea import objective_losses, reference_logprobs
 from orchestrator.config.sections import TrainSection
 from orchestrator.data.batching import step_indices, steps_per_epoch
 from orchestrator.data.encoding import EncodedPair, collate_pairs
+from orchestrator.data.packing import pack_pairs, packed_length
 from orchestrator.errors import MoaError
 from orchestrator.model.svd_lora import freeze_anchor
 from orchestrator.objectives import (
@@ -168,14 +164,18 @@ class MultiObjectiveTrainer(PairTrainer):
         parts = []
         for chunk in tqdm(chunks, desc="reference log-probs", disable=not progress):
             batch = self._collate(chunk)
-            anchor = anchor_preference(self.cfg, row_preferences(batch, fixed))
-            parts.append(reference_logprobs(self.model, batch, anchor))
+            initial = self.cfg.reference == "initial"
+            parts.append(reference_logprobs(self.model, batch, fixed, initial=initial))
         gathered = self.engine.all_gather(torch.cat(parts))
         self.reference = torch.cat(gathered)[:total].cpu()
 
     def _collate(self, indices) -> dict[str, torch.Tensor]:
         indices = list(indices)
-        batch = collate_pairs([self.pairs[i] for i in indices], self.pad_id)
+        pairs = [self.pairs[i] for i in indices]
+        if self.cfg.packing:
+            batch = pack_pairs(pairs, self.pad_id, self.cfg.pack_tokens)
+        else:
+            batch = collate_pairs(pairs, self.pad_id)
         if self.reference is not None:
             batch["reference_logps"] = self.reference[indices]
         if self.margins is not None:
@@ -189,8 +189,8 @@ class MultiObjectiveTrainer(PairTrainer):
         computes them again."""
         batch = self._collate(indices)
         if self.cfg.loss == "dpo" and "reference_logps" not in batch:
-            anchor = anchor_preference(self.cfg, row_preferences(batch, pref))
-            batch["reference_logps"] = reference_logprobs(self.model, batch, anchor)
+            initial = self.cfg.reference == "initial"
+            batch["reference_logps"] = reference_logprobs(self.model, batch, pref, initial=initial)
         return batch
 
     def train_step(self) -> StepResult:
@@ -232,8 +232,9 @@ class MultiObjectiveTrainer(PairTrainer):
         self.model.train(was_training)
         self.step += 1
         per_objective = engine.all_reduce_sum(per_objective)
+        # The pairs' own tokens (prompt, a, b), whichever layout computed them.
         tokens = engine.all_reduce_sum(
-            torch.tensor(sum(int(b["attention_mask"].sum()) for b in batches), device=self.device)
+            torch.tensor(sum(packed_length(self.pairs[i]) for i in mine), device=self.device)
         )
         end = time.perf_counter()
         return StepResult(
