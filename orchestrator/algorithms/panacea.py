@@ -32,7 +32,8 @@ def policy_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
     if "sources" in batch:
         logps, lengths = _packed_logprobs(model, batch)
     else:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        logits = model(**inputs, use_cache=False).logits
         logps, lengths = sequence_logprobs(logits, batch["input_ids"], batch["loss_mask"])
     half = batch["signs"].shape[0]
     return logps[:half], logps[half:], lengths[:half], lengths[half:]
@@ -49,6 +50,7 @@ def _packed_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[
         input_ids=batch["input_ids"],
         attention_mask=as_model_mask(unwrap(model), batch["attention_mask"], unwrap(model).dtype),
         position_ids=batch["position_ids"],
+        use_cache=False,
         **options,
     ).logits
     picked = logits[rows, columns if options else positions]

@@ -110,6 +110,9 @@ class TrainSection(Section):
     # to pack_tokens tokens: no padding inside, no prompt computed twice; false: padded rows
     packing: bool = True
     pack_tokens: Count = 1024
+    # Keep only each decoder layer's inputs and run it again in the backward pass: less memory,
+    # about a third more compute
+    gradient_checkpointing: bool = False
     grad_accum_steps: Count = 1
     max_steps: Count = 300
     # Linear warm-up of the learning rate; default min(20, max_steps // 5) (see `warmup`).

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from orchestrator.data.encoding import EncodedPair
+from orchestrator.data.encoding import EncodedPair, collate_pairs
 
 ROW_TOKENS = 1024
 
@@ -78,3 +78,11 @@ def pack_pairs(
         "token_pairs": token_pairs,
         "signs": torch.tensor([p.signs for p in pairs], dtype=torch.float32),
     }
+
+
+def pair_batch(
+    pairs: Sequence[EncodedPair], pad_id: int, packing: bool = True, row_tokens: int = ROW_TOKENS
+) -> dict[str, torch.Tensor]:
+    """The batch of `pairs` that log-probs are computed on: packed, or padded rows
+    (collate_pairs) with `packing` off (train.packing)."""
+    return pack_pairs(pairs, pad_id, row_tokens) if packing else collate_pairs(pairs, pad_id)

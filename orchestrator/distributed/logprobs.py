@@ -11,7 +11,8 @@ import torch
 
 from orchestrator.algorithms.panacea import pair_logprobs
 from orchestrator.config import RunConfig, with_fields
-from orchestrator.data.encoding import collate_pairs, encode_pairs
+from orchestrator.data.encoding import encode_pairs
+from orchestrator.data.packing import pair_batch
 from orchestrator.data.schema import PairDataset
 from orchestrator.distributed.cluster import ensure_ray, for_workers
 from orchestrator.model.build import build_model
@@ -32,10 +33,11 @@ def frozen_logprobs(
 
 def _frozen_logprobs(cfg: RunConfig, pairs: PairDataset, lam: list[float] | None) -> torch.Tensor:
     tokenizer, model = build_model(cfg, device="cuda" if cfg.scaling.use_gpu else "cpu")
-    data, size = cfg.data, cfg.train.batch_size
+    data, train = cfg.data, cfg.train
     encoded = encode_pairs(tokenizer, pairs, data.max_prompt_tokens, data.max_response_tokens)
+    pad, size = tokenizer.pad_token_id, train.batch_size
     batches = [
-        collate_pairs(encoded[start : start + size], tokenizer.pad_token_id)
+        pair_batch(encoded[start : start + size], pad, train.packing, train.pack_tokens)
         for start in range(0, len(encoded), size)
     ]
     return pair_logprobs(model, batches, lam)

@@ -14,12 +14,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from orchestrator.algorithms.panacea import objective_losses, reference_logprobs
+from orchestrator.algorithms.panacea import objective_losses, reference_logprobs, steered
 from orchestrator.config.sections import TrainSection
 from orchestrator.data.batching import step_indices, steps_per_epoch
-from orchestrator.data.encoding import EncodedPair, collate_pairs
-from orchestrator.data.packing import pack_pairs, packed_length
+from orchestrator.data.encoding import EncodedPair
+from orchestrator.data.packing import packed_length, pair_batch
 from orchestrator.errors import MoaError
+from orchestrator.model.checkpointing import checkpoint_layers
 from orchestrator.model.svd_lora import freeze_anchor
 from orchestrator.objectives import (
     PreferenceSampler,
@@ -65,6 +66,8 @@ class PairTrainer:
         if not pairs:
             raise MoaError("there are no training pairs: the training split is empty")
         self.model, self.pairs, self.pad_id, self.cfg = model, pairs, pad_id, cfg
+        if cfg.gradient_checkpointing:
+            checkpoint_layers(model)
         self.engine = engine or LocalEngine(model, cfg, self.weights)
         self.device = self.engine.parameters[0].device
         self.step = 0
@@ -172,10 +175,7 @@ class MultiObjectiveTrainer(PairTrainer):
     def _collate(self, indices) -> dict[str, torch.Tensor]:
         indices = list(indices)
         pairs = [self.pairs[i] for i in indices]
-        if self.cfg.packing:
-            batch = pack_pairs(pairs, self.pad_id, self.cfg.pack_tokens)
-        else:
-            batch = collate_pairs(pairs, self.pad_id)
+        batch = pair_batch(pairs, self.pad_id, self.cfg.packing, self.cfg.pack_tokens)
         if self.reference is not None:
             batch["reference_logps"] = self.reference[indices]
         if self.margins is not None:
@@ -222,7 +222,8 @@ class MultiObjectiveTrainer(PairTrainer):
         per_objective = torch.zeros(self.num_objectives, device=self.device)
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
-            with engine.micro_batch(last):
+            # λ stays set through the backward pass, which runs checkpointed layers again.
+            with engine.micro_batch(last), steered(engine.module, batch, pref):
                 losses = objective_losses(engine.module, batch, pref, cfg, counts)
                 loss = self.aggregate(losses, pref) if weights is None else weights @ losses
                 engine.backward(loss, last)

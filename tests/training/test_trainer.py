@@ -429,3 +429,37 @@ def test_packed_batches_train_the_adapter_padded_batches_train(tiny_base_dir, to
     assert moved > 1e-3  # training moved the adapter (Adam: by about lr per step)
     for name in packed:
         torch.testing.assert_close(packed[name], padded[name], atol=1e-5, rtol=1e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_and_adapter(tiny_base_dir, encoded):
+    """Checkpointed decoder layers run again in the backward pass (at the forward's λ, sampled
+    per step) and give the gradients, and after two steps the adapter, of keeping every
+    activation."""
+    results = []
+    for checkpointing in (False, True):
+        model = steerable(tiny_base_dir, seed=3)
+        generator = torch.Generator().manual_seed(4)
+        with torch.no_grad():
+            for param in adapter_parameters(model).values():
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+        mlp_runs = []
+        layer = next(
+            module
+            for _, module in model.named_modules()
+            if module.__class__.__name__.endswith("MLP")
+        )
+        layer.register_forward_pre_hook(lambda *_: mlp_runs.append(1))
+        cfg = train_config(gradient_checkpointing=checkpointing, batch_size=4, max_steps=2)
+        trainer = MultiObjectiveTrainer(model, encoded[:16], 0, cfg)
+        trainer.prepare()
+        mlp_runs.clear()
+        trainer.train_step()
+        runs = len(mlp_runs)
+        trainer.train_step()
+        results.append(
+            (runs, {n: p.detach().clone() for n, p in adapter_parameters(model).items()})
+        )
+    (plain_runs, plain), (checkpointed_runs, checkpointed) = results
+    assert checkpointed_runs == 2 * plain_runs  # each micro-batch's layers ran again
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
