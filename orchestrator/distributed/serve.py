@@ -14,6 +14,7 @@ anything else restarts the replicas. `moa serve` deploys through Serve's declara
 """
 
 import asyncio
+import hashlib
 import json
 import secrets
 import time
@@ -87,6 +88,11 @@ class LiveConfig(BaseModel):
     max_waiting_requests: Annotated[int, Field(ge=1)]
     queue_timeout_s: Annotated[float, Field(gt=0)]
     body_timeout_s: Annotated[float, Field(gt=0)]
+
+
+def settings_version(live: LiveConfig) -> str:
+    """A short hash of a user_config: /health reports the one a replica runs with."""
+    return hashlib.sha256(live.model_dump_json().encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -441,7 +447,11 @@ class SteerableModel:
 
     @api.get("/health")
     async def health(self) -> dict:
-        return {"status": "ok", "adapter_version": self.adapter[1]}
+        return {
+            "status": "ok",
+            "adapter_version": self.adapter[1],
+            "settings_version": settings_version(self.live),
+        }
 
 
 def build_app(args: dict) -> serve.Application:
@@ -533,11 +543,17 @@ def deploy(served: ServedModel, timeout_s: float = 600.0) -> str:
     http = details.get("http_options") or {}
     host, port = http.get("host") or s.host, http.get("port") or s.port
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    _wait_until_serving(s.app_name, url, served.adapter_version, timeout_s)
+    running = {
+        "adapter_version": served.adapter_version,
+        "settings_version": settings_version(served.live_config()),
+    }
+    _wait_until_serving(s.app_name, url, running, timeout_s)
     return url
 
 
-def _wait_until_serving(app: str, url: str, version: str, timeout_s: float) -> None:
+def _wait_until_serving(app: str, url: str, running: dict, timeout_s: float) -> None:
+    """Until `url`'s /health reports `running` (this adapter and these live settings: a reload
+    in place is done only then)."""
     import urllib.error
     import urllib.request
 
@@ -549,7 +565,8 @@ def _wait_until_serving(app: str, url: str, version: str, timeout_s: float) -> N
         if status is not None and status.status == "RUNNING":
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                    if json.load(response).get("adapter_version") == version:
+                    health = json.load(response)
+                    if all(health.get(key) == value for key, value in running.items()):
                         return
             except (urllib.error.URLError, OSError, ValueError):
                 pass

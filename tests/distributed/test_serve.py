@@ -318,6 +318,7 @@ def test_what_the_server_will_not_read_is_refused_in_its_error_shape(server):
 def test_requests_beyond_the_waiting_bound_get_429_with_retry_after(server, adapters, settings):
     busy = [*settings, "serve.max_batch_size=1", "serve.max_waiting_requests=1"]
     deploy(served_model(str(adapters[0]), busy))  # in place: one slot, one request may wait
+    assert get(f"{server}/v1/stats")["max_batch_size"] == 1  # deploy returned once it applied
 
     def send(i: int) -> tuple[int, dict, str | None]:
         body = {"prompt": PROMPTS[i % len(PROMPTS)], "temperature": 0, "max_tokens": 64}

@@ -69,11 +69,16 @@ def max_difference(a, b):
 
 @pytest.fixture(scope="module")
 def two_workers(tiny_base_dir, pairs_file, tmp_path_factory):
-    """The reference run: 2 gloo workers, 4 pairs each per step, never interrupted."""
+    """The reference run: 2 gloo workers, 4 pairs each per step, never interrupted, with
+    gradient checkpointing (the single-process runs it is compared with keep activations)."""
     out = tmp_path_factory.mktemp("two-workers") / "run"
     return run_panacea(
-        config(tiny_base_dir, pairs_file, out, "scaling.num_workers=2"), progress=False
-    )
+        config(
+            tiny_base_dir, pairs_file, out, "scaling.num_workers=2",
+            "train.gradient_checkpointing=true",
+        ),
+        progress=False,
+    )  # fmt: skip
 
 
 def test_two_workers_train_the_adapter_one_worker_trains_on_the_same_global_batch(
@@ -141,7 +146,7 @@ def test_deepspeed_zero2_trains_and_its_first_step_matches_ddp(
 ):
     cfg = config(
         tiny_base_dir, pairs_file, tmp_path / "run", "scaling.num_workers=2",
-        "scaling.strategy=deepspeed", "train.max_steps=2",
+        "scaling.strategy=deepspeed", "train.max_steps=2", "train.gradient_checkpointing=true",
     )  # fmt: skip
     result = run_panacea(cfg, progress=False)
     assert [m["step"] for m in result.history] == [1, 2]
