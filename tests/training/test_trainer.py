@@ -448,7 +448,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_adapter(tiny_base_d
             for _, module in model.named_modules()
             if module.__class__.__name__.endswith("MLP")
         )
-        layer.register_forward_pre_hook(lambda *_: mlp_runs.append(1))
+        layer.register_forward_pre_hook(lambda *_, runs=mlp_runs: runs.append(1))
         cfg = train_config(gradient_checkpointing=checkpointing, batch_size=4, max_steps=2)
         trainer = MultiObjectiveTrainer(model, encoded[:16], 0, cfg)
         trainer.prepare()
