@@ -321,7 +321,9 @@ def test_requests_beyond_the_waiting_bound_get_429_with_retry_after(server, adap
     assert get(f"{server}/v1/stats")["max_batch_size"] == 1  # deploy returned once it applied
 
     def send(i: int) -> tuple[int, dict, str | None]:
-        body = {"prompt": PROMPTS[i % len(PROMPTS)], "temperature": 0, "max_tokens": 64}
+        # An answer that runs its whole 64 tokens (no early stop): one request holds the slot
+        # for 64 steps while the others arrive.
+        body = {"prompt": PROMPTS[0], "preference": [1, 0], "temperature": 0, "max_tokens": 64}
         request = urllib.request.Request(
             f"{server}/v1/completions",
             data=json.dumps(body).encode(),
@@ -341,6 +343,7 @@ def test_requests_beyond_the_waiting_bound_get_429_with_retry_after(server, adap
     refused = [r for r in results if r[0] == 429]
     assert refused and len(refused) <= 6, [r[0] for r in results]  # one decodes, one waits
     assert all(r[0] in (200, 429) for r in results)
+    assert all(r[1]["usage"]["completion_tokens"] == 64 for r in results if r[0] == 200)
     assert all(r[2] == "1" and r[1]["error"]["type"] == "rate_limit_error" for r in refused)
     assert get(f"{server}/health")["status"] == "ok"
 
