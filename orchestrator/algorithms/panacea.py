@@ -63,16 +63,15 @@ def reference_logprobs(
     batch: dict[str, torch.Tensor],
     pref: torch.Tensor | None = None,
     *,
-    initial: bool | None = None,
+    initial: bool = False,
 ) -> torch.Tensor:
     """[B, 2] log-probs of responses a and b under the DPO anchor: π_ref, the base model with the
-    adapter switched off; or, when `initial` (by default: when λ is given), the frozen anchor
-    adapter (freeze_anchor) at the batch's λ (`steered`: `pref`, or each pair's own).
+    adapter switched off; or, when `initial`, the frozen anchor adapter (freeze_anchor) at the
+    batch's λ (`steered`: `pref`, or each pair's own).
 
     Always in eval mode (no dropout), so the reference is the same whether computed per step or
     precomputed once.
     """
-    initial = pref is not None if initial is None else initial
     was_training = model.training
     model.eval()
     try:

@@ -100,6 +100,7 @@ class ContinuousDecoder:
     ):
         check_masked_attention(model, "the decoder")
         self.model, self.pad = model, pad_token_id
+        self.vocab = model.get_input_embeddings().num_embeddings
         self.device = next(model.parameters()).device
         self.stops = torch.tensor(sorted(stop_token_ids), dtype=torch.long, device=self.device)
         self.max_num_seqs, self.refill = max_num_seqs, refill
@@ -130,10 +131,9 @@ class ContinuousDecoder:
             raise MoaError(
                 f"a prompt must have 1 to {self.max_prompt_tokens} tokens; got {len(prompt_ids)}"
             )
-        vocab = self.model.get_input_embeddings().num_embeddings
-        outside = [i for i in [*prompt_ids, *answer_ids] if not 0 <= i < vocab]
+        outside = [i for i in [*prompt_ids, *answer_ids] if not 0 <= i < self.vocab]
         if outside:
-            raise MoaError(f"token ids must be in [0, {vocab}); got {outside[0]}")
+            raise MoaError(f"token ids must be in [0, {self.vocab}); got {outside[0]}")
         if len(answer_ids) >= params.max_new_tokens:
             raise MoaError(
                 f"an answer to go on from has {len(answer_ids)} tokens; max_new_tokens is "

@@ -253,14 +253,14 @@ def test_initial_adapter_anchor_is_the_starting_policy_frozen(
             logp_a, logp_b, _, _ = policy_logprobs(copy, batch)
         return torch.stack([logp_a, logp_b], dim=-1)
 
-    anchor = reference_logprobs(model, batch, pref)
+    anchor = reference_logprobs(model, batch, pref, initial=True)
     assert torch.allclose(anchor, copy_logprobs(), atol=1e-5)
     assert not torch.allclose(anchor, reference_logprobs(model, batch), atol=1e-3)  # ≠ base
 
     first = trainer.train_step()
     assert first.objective_losses == pytest.approx([0.693147] * 2, abs=1e-5)
     trainer.train(progress=False)
-    assert torch.allclose(reference_logprobs(model, batch, pref), anchor, atol=1e-5)
+    assert torch.allclose(reference_logprobs(model, batch, pref, initial=True), anchor, atol=1e-5)
     trained, started = adapter_parameters(model), adapter_parameters(copy)
     moved = sum((trained[name] - started[name]).abs().sum() for name in trained)
     assert moved > 1e-3
@@ -337,7 +337,7 @@ def test_an_initial_anchor_at_a_fixed_preference_is_precomputed(
     )
     trainer.prepare()
     batch = collate_pairs(pairs, tokenizer.pad_token_id)
-    expected = reference_logprobs(model, batch, torch.tensor([0.4, 0.6]))
+    expected = reference_logprobs(model, batch, torch.tensor([0.4, 0.6]), initial=True)
     assert trainer.reference is not None
     assert torch.allclose(trainer.reference, expected, atol=1e-5)
     assert not torch.allclose(trainer.reference, reference_logprobs(model, batch), atol=1e-3)
