@@ -163,12 +163,19 @@ def encoded(tokenizer):
 @pytest.fixture(scope="session")
 def train_here():
     """A stand-in for distributed.train.train that runs the same training in this process, on one
-    rank (training/loop.py, the loop each Ray Train worker runs); returns its seconds."""
+    rank (training/loop.py, the loop each Ray Train worker runs: `rank_loop`, train_rank by
+    default); returns its seconds."""
     from orchestrator.training.loop import train_rank
 
-    def train(cfg, run_dir, pairs, progress=True, margins=None, reference=None, callbacks=None):
+    def train(
+        cfg, run_dir, pairs, progress=True, margins=None, reference=None, callbacks=None,
+        rank_loop=None, command=None,
+    ):  # fmt: skip
         start = time.perf_counter()
-        train_rank(cfg, run_dir, pairs, margins=margins, reference=reference)
+        if rank_loop is None:
+            train_rank(cfg, run_dir, pairs, margins=margins, reference=reference)
+        else:
+            rank_loop(cfg, run_dir, pairs)
         return time.perf_counter() - start
 
     return train
@@ -463,12 +470,14 @@ def write_pku_file(path: Path) -> int:
 
 
 @pytest.fixture(scope="session")
-def real_path(tiny_base_dir, ray_session, tmp_path_factory):
-    """The real path's data and reward models, written and trained (`moa reward` on Ray Train,
-    from a YAML file as a user runs it) once per session."""
+def real_path(tiny_base_dir, ray_session, tmp_path_factory, train_here):
+    """The real path's data and reward models, written and trained once per session (`moa
+    reward` from a YAML file as a user runs it, trained in this process: `moa reward` on Ray
+    Train, stopped and resumed, is tests/recipes/test_reward.py's)."""
     import yaml
 
     from orchestrator.cli import main
+    from orchestrator.recipes import reward
 
     root = tmp_path_factory.mktemp("real-path")
     data = root / "pku.parquet"
@@ -481,5 +490,7 @@ def real_path(tiny_base_dir, ray_session, tmp_path_factory):
         "output_dir": str(root / "reward"),
     }
     (root / "reward.yaml").write_text(yaml.safe_dump(config))
-    assert main(["reward", str(root / "reward.yaml")]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reward, "train", train_here)
+        assert main(["reward", str(root / "reward.yaml")]) == 0
     return RealPath(data, root / "reward" / "reward_model")

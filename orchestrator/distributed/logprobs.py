@@ -16,6 +16,7 @@ from orchestrator.data.packing import pair_batch
 from orchestrator.data.schema import PairDataset
 from orchestrator.distributed.cluster import ensure_ray, for_workers
 from orchestrator.model.build import build_model
+from orchestrator.training.reference_cache import cached_reference, keep_reference, reference_key
 
 
 def frozen_logprobs(
@@ -32,12 +33,23 @@ def frozen_logprobs(
 
 
 def _frozen_logprobs(cfg: RunConfig, pairs: PairDataset, lam: list[float] | None) -> torch.Tensor:
+    """π_ref's come from the reference cache when a training run or an earlier task on the
+    same pairs and model has computed them, batched as training batches them."""
     tokenizer, model = build_model(cfg, device="cuda" if cfg.scaling.use_gpu else "cpu")
     data, train = cfg.data, cfg.train
     encoded = encode_pairs(tokenizer, pairs, data.max_prompt_tokens, data.max_response_tokens)
+    key = None
+    if cfg.adapter.init_from is None and lam is None:
+        key = reference_key(model, encoded, train.batch_size, train.packing, train.pack_tokens)
+        found = cached_reference(key)
+        if found is not None:
+            return found
     pad, size = tokenizer.pad_token_id, train.batch_size
     batches = [
         pair_batch(encoded[start : start + size], pad, train.packing, train.pack_tokens)
         for start in range(0, len(encoded), size)
     ]
-    return pair_logprobs(model, batches, lam)
+    logprobs = pair_logprobs(model, batches, lam)
+    if key is not None:
+        keep_reference(key, logprobs)
+    return logprobs

@@ -29,6 +29,7 @@ from orchestrator.objectives import (
     non_tie_counts,
 )
 from orchestrator.training.engine import ADAPTER, LocalEngine, TrainedWeights
+from orchestrator.training.reference_cache import cached_reference, keep_reference, reference_key
 
 
 @dataclass
@@ -156,21 +157,43 @@ class MultiObjectiveTrainer(PairTrainer):
 
     def precompute_reference(self, progress: bool = False) -> None:
         """Reference log-probs of every pair, once: the anchor never changes (the base model, or
-        the frozen initial adapter at a fixed λ). Each rank computes an equal share (wrapping
-        around at the end) and all ranks gather the whole."""
-        size, total, ranks = self.cfg.batch_size, len(self.pairs), self.engine.world_size
-        share = -(-total // ranks)
-        mine = [(self.engine.rank * share + i) % total for i in range(share)]
-        chunks = [mine[i : i + size] for i in range(0, share, size)]
+        the frozen initial adapter at a fixed λ). The pairs are cut into batches of batch_size in
+        order, the same however many ranks there are; rank r computes batches r, r + ranks, …
+        and all ranks gather the whole. π_ref's (reference "base") are kept in the reference
+        cache (training/reference_cache.py) and taken from it when every rank finds them."""
+        cfg, engine = self.cfg, self.engine
+        key = None
+        if cfg.reference == "base":
+            key = reference_key(
+                self.model, self.pairs, cfg.batch_size, cfg.packing, cfg.pack_tokens
+            )
+        found = None if key is None else cached_reference(key)
+        everyone = engine.all_reduce_sum(torch.tensor(float(found is not None), device=self.device))
+        if found is not None and int(everyone) == engine.world_size:
+            self.reference = found
+            return
+        size, total, ranks = cfg.batch_size, len(self.pairs), engine.world_size
+        starts = list(range(0, total, size))
+        per_rank = -(-len(starts) // ranks)
         fixed = self.fixed_preference
         fixed = None if fixed is None else fixed.to(self.device)
-        parts = []
-        for chunk in tqdm(chunks, desc="reference log-probs", disable=not progress):
-            batch = self._collate(chunk)
-            initial = self.cfg.reference == "initial"
-            parts.append(reference_logprobs(self.model, batch, fixed, initial=initial))
-        gathered = self.engine.all_gather(torch.cat(parts))
-        self.reference = torch.cat(gathered)[:total].cpu()
+        initial = cfg.reference == "initial"
+        mine = torch.zeros(per_rank * size, 2, device=self.device)  # equal shapes to gather
+        for i, start in enumerate(
+            tqdm(starts[engine.rank :: ranks], desc="reference log-probs", disable=not progress)
+        ):
+            batch = self._collate(range(start, min(start + size, total)))
+            logprobs = reference_logprobs(self.model, batch, fixed, initial=initial)
+            mine[i * size : i * size + len(logprobs)] = logprobs
+        gathered = engine.all_gather(mine)
+        self.reference = torch.cat(
+            [
+                gathered[b % ranks][(b // ranks) * size :][: min(size, total - start)]
+                for b, start in enumerate(starts)
+            ]
+        ).cpu()
+        if key is not None and engine.rank == 0:
+            keep_reference(key, self.reference)
 
     def _collate(self, indices) -> dict[str, torch.Tensor]:
         indices = list(indices)

@@ -44,12 +44,14 @@ sys.exit(main(['train', 'jobs/panacea_tiny.yaml', *sys.argv[1:]]))
 """
 
 
-def test_a_job_runs_the_submitted_source_with_the_head_env_and_writes_a_run(ray_head, tmp_path):
+def test_a_job_runs_the_submitted_source_with_the_head_env_and_writes_a_run(
+    ray_head, tiny_base_dir, tmp_path
+):
     run_dir = tmp_path / "run"
     submission_id = f"panacea-{secrets.token_hex(4)}"
     res = ray_head.submit(
         "python", "-c", PROBE,
-        "model.name_or_path=builtin:tiny-quick", "data.num_pairs=64", "train.max_steps=2",
+        f"model.name_or_path={tiny_base_dir}", "data.num_pairs=64", "train.max_steps=2",
         "train.warmup_steps=0", "train.batch_size=8", "eval.enabled=false",
         f"output_dir={run_dir}",
         submission_id=submission_id,

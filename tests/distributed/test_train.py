@@ -58,7 +58,10 @@ def in_process(cfg):
     single-process result the Ray Train runs must give. Its run folder and logged steps."""
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True)
-    train_rank(cfg, run_dir, load_training_pairs(cfg.data))
+    # An empty reference cache: its reference log-probs are its own, not the workers' gathered.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOA_CACHE_DIR", str(run_dir.parent / f"{run_dir.name}-cache"))
+        train_rank(cfg, run_dir, load_training_pairs(cfg.data))
     return run_dir, read_metrics(run_dir)
 
 

@@ -45,8 +45,10 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def walk(real_path, tiny_base_dir, tmp_path_factory):
-    """Panacea on the real path's file, judged by its reward models, from a YAML file."""
+def walk(real_path, tiny_base_dir, tmp_path_factory, train_here):
+    """Panacea on the real path's file, judged by its reward models, from a YAML file; trained
+    in this process (the sweep's trials train on the same file with the same scorers on Ray
+    Train)."""
     root = tmp_path_factory.mktemp("walk")
     panacea = {
         "model": {"name_or_path": str(tiny_base_dir)},
@@ -68,7 +70,9 @@ def walk(real_path, tiny_base_dir, tmp_path_factory):
         "output_dir": str(root / "panacea"),
     }
     (root / "panacea.yaml").write_text(yaml.safe_dump(panacea))
-    assert main(["train", str(root / "panacea.yaml")]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_folder, "train", train_here)
+        assert main(["train", str(root / "panacea.yaml")]) == 0
     return root, load_config(root / "panacea.yaml")
 
 

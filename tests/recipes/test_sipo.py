@@ -1,5 +1,6 @@
 """A SIPO round end to end on the shared Ray instance: candidates through the pool, implicit
-judges, the Pareto filter, re-alignment on Ray Train, fronts; and a stopped run resumed."""
+judges, the Pareto filter, re-alignment, fronts; and a stopped run, re-aligned on Ray Train,
+resumed to the adapter the uninterrupted run (re-aligned in this process) ends with."""
 
 import json
 import os
@@ -60,9 +61,11 @@ def sipo_config(tiny_base_dir, panacea_run, out):
 
 
 @pytest.fixture(scope="module")
-def finished(tiny_base_dir, panacea_run, tmp_path_factory):
+def finished(tiny_base_dir, panacea_run, tmp_path_factory, train_here):
     out = tmp_path_factory.mktemp("sipo") / "uninterrupted"
-    return run_sipo(sipo_config(tiny_base_dir, panacea_run, out), progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_folder, "train", train_here)
+        return run_sipo(sipo_config(tiny_base_dir, panacea_run, out), progress=False)
 
 
 def read_jsonl(path):
