@@ -133,15 +133,9 @@ def expert_rewards(
     `path` once computed."""
     if not path.is_file():
         start = time.perf_counter()
-        reference = frozen_logprobs(cfg, pairs, None)
-        rewards = torch.stack(
-            [
-                cfg.train.beta
-                * (frozen_logprobs(cfg, pairs, expert.adapter, list(expert.preference)) - reference)
-                for expert in experts.values()
-            ],
-            dim=-1,
-        )
+        models = [(None, None)] + [(e.adapter, list(e.preference)) for e in experts.values()]
+        reference, *each = frozen_logprobs(cfg, pairs, models)
+        rewards = torch.stack([cfg.train.beta * (logps - reference) for logps in each], dim=-1)
         atomic_torch_save(path, {"rewards": rewards, "seconds": time.perf_counter() - start})
     saved = torch.load(path)
     return saved["rewards"], saved["seconds"]

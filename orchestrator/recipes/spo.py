@@ -156,7 +156,7 @@ def _logprobs(
     path = run_dir / "logprobs" / f"stage_{index}.pt"
     if not path.is_file():
         start = time.perf_counter()
-        logps = frozen_logprobs(cfg, pairs, adapter, None if adapter is None else list(lam))
+        [logps] = frozen_logprobs(cfg, pairs, [(adapter, None if adapter is None else list(lam))])
         atomic_torch_save(path, {"logprobs": logps, "seconds": time.perf_counter() - start})
     saved = torch.load(path)
     return saved["logprobs"], saved["seconds"]

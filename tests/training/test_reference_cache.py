@@ -95,7 +95,7 @@ def test_a_change_to_what_they_depend_on_computes_them_anew(
 def test_the_margins_task_and_training_share_them(tiny_config, tmp_path, own_cache, monkeypatch):
     cfg = tiny_config(tmp_path / "run")
     pairs = load_training_pairs(cfg.data)
-    from_task = _frozen_logprobs(cfg, pairs, None)
+    [from_task] = _frozen_logprobs(cfg, pairs, [(None, None)])
     assert len(list(own_cache.iterdir())) == 1
     tokenizer, model = build_model(cfg)
     data = cfg.data
