@@ -25,10 +25,15 @@ embedding table (a lookup, not a matmul); the LM head is counted, as a matmul of
 Attention's sequence-length term (QKᵀ, AV) is left out too, small at these lengths.
 
     python bench/train_scaling.py --models tiny,100m --workers 1,2
+
+Each model first runs in this process ("here"), then on the workers, so the table shows what Ray
+Train costs per step.
 """
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import os
 import statistics
@@ -109,9 +114,16 @@ def matmul_peak(n: int, reps: int, warmup: int = 3) -> float:
 
 
 def bench_run(path: str, workers: int, steps: int, args: argparse.Namespace) -> dict:
-    """One run_panacea; the per-step numbers are means over the steps after the first."""
+    """One run_panacea on `workers` Ray Train workers, or (workers 0) the same run's rank loop
+    in this process on all its cores; the per-step numbers are means over the steps after the
+    first."""
+    from orchestrator.data.sources import load_training_pairs
     from orchestrator.recipes.panacea import run_panacea
+    from orchestrator.training.loop import train_rank
+    from orchestrator.training.metrics_log import read_metrics
 
+    here = workers == 0
+    workers = max(workers, 1)
     accum = args.global_batch // (args.batch_size * workers)
     with tempfile.TemporaryDirectory(prefix="moa-bench-scaling-") as out:
         cfg = load_config(
@@ -133,9 +145,15 @@ def bench_run(path: str, workers: int, steps: int, args: argparse.Namespace) -> 
             ],
         )
         start = time.perf_counter()
-        result = run_panacea(cfg, progress=False)
+        if here:
+            torch.set_num_threads(os.cpu_count() or 1)
+            with contextlib.redirect_stdout(io.StringIO()):  # its step lines; the table has them
+                train_rank(cfg, Path(out), load_training_pairs(cfg.data))
+            history = read_metrics(Path(out))
+        else:
+            history = run_panacea(cfg, progress=False).history
         wall = time.perf_counter() - start
-    timed = sorted(result.history, key=lambda r: r["step"])[1:]
+    timed = sorted(history, key=lambda r: r["step"])[1:]
     if not timed:
         raise SystemExit(f"{path}: no logged steps after the warm-up step")
     seconds = sum(r["seconds"] for r in timed)
@@ -214,25 +232,33 @@ def main() -> None:
         for m in models:
             steps = args.steps_tiny if m == "tiny" else args.steps_100m
             base = None
-            for w in workers:
+            for w in [0, *workers]:
                 r = bench_run(paths[m], w, steps, args)
-                base = base or r["tokens_per_s"]
-                accum = args.global_batch // (args.batch_size * w)
-                batch = f"{args.global_batch}={args.batch_size}×{w}×{accum}"
+                if w:
+                    base = base or r["tokens_per_s"]
+                else:
+                    in_process = r["tokens_per_s"]
+                accum = args.global_batch // (args.batch_size * max(w, 1))
+                batch = f"{args.global_batch}={args.batch_size}×{max(w, 1)}×{accum}"
                 mfu = 4 * counts[m][1] * r["tokens_per_step"] / r["step_s"] / peak
+                label = w or "here"
                 print(
-                    f"{m:<5} {counts[m][0] / 1e6:>6.1f}M {w:>7} "
+                    f"{m:<5} {counts[m][0] / 1e6:>6.1f}M {label:>7} "
                     f"{batch:>10} {r['tokens_per_step']:>8.0f} "
                     f"{r['step_s']:>7.3f} {r['tokens_per_s']:>7.0f} "
-                    f"{r['tokens_per_s'] / base:>7.2f}x {r['data_s']:>7.3f} "
+                    f"{r['tokens_per_s'] / (base or r['tokens_per_s']):>7.2f}x {r['data_s']:>7.3f} "
                     f"{r['compute_s']:>9.3f} {r['optimizer_s']:>6.3f} {100 * mfu:>6.2f} "
                     f"{r['wall_s']:>7.1f}",
                     flush=True,
                 )
+                if w == 1:
+                    ratio = r["tokens_per_s"] / in_process
+                    print(f"      1 Ray Train worker / in process: {ratio:.3f}× tokens/s")
     finally:
         ray.shutdown()
     print(
-        f"\nbatch: global = micro-batch × workers × grad_accum_steps pairs; speed-up: tok/s over "
+        f'\nbatch: global = micro-batch × workers × grad_accum_steps pairs; workers "here": the '
+        f"same rank loop in this process, on all {cores} cores; speed-up: tok/s over "
         f"{workers[0]} worker(s).\npeak: {peak / 1e9:.1f} GFLOP/s (best fp32 torch.mm, "
         f"n={args.matmul_size}, {cores} threads). MFU = 4·N·(tok/step) / (s/step) / peak, "
         "N = base parameters but the input embedding (frozen base: forward 2N, input grads 2N)."
