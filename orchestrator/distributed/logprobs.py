@@ -47,15 +47,16 @@ def _frozen_logprobs(cfg: RunConfig, pairs: PairDataset, models: list[Frozen]) -
         pair_batch(encoded[start : start + size], pad, train.packing, train.pack_tokens)
         for start in range(0, len(encoded), size)
     ]
-    key = reference_key(model, encoded, train.batch_size, train.packing, train.pack_tokens)
+    key = None  # hashing the base model is for π_ref only
+    if any(adapter is None for adapter, _ in models):
+        key = reference_key(model, encoded, train.batch_size, train.packing, train.pack_tokens)
     results = []
     for adapter, lam in models:
         if adapter is None:
-            found = None if key is None else cached_reference(key)
+            found = cached_reference(key)
             if found is None:
                 found = pair_logprobs(model, batches)
-                if key is not None:
-                    keep_reference(key, found)
+                keep_reference(key, found)
             results.append(found)
         else:
             load_adapter(model, adapter)

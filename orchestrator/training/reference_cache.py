@@ -38,11 +38,16 @@ def reference_key(
             continue
         if hasattr(tensor, "ds_id"):
             return None
-        data = tensor.detach().contiguous().cpu()
+        data = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{data.dtype}:{list(data.shape)};".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        digest.update(memoryview(data.reshape(-1).view(torch.uint8).numpy()))
     for pair in pairs:
         digest.update(repr((pair.prompt, pair.response_a, pair.response_b)).encode())
+    # The config holds what the weights do not (RoPE's θ and scaling, the attention kernel).
+    config = getattr(base, "config", None)
+    if config is not None:
+        digest.update(config.to_json_string().encode())
+        digest.update(str(getattr(config, "_attn_implementation", None)).encode())
     device = next(base.parameters()).device.type
     layout = (batch_size, packing, pack_tokens, device, torch.__version__, transformers.__version__)
     digest.update(repr(layout).encode())
@@ -53,11 +58,14 @@ def _path(key: str) -> Path:
     return cache_dir() / FOLDER / f"{key}.pt"
 
 
-def cached_reference(key: str) -> torch.Tensor | None:
-    """The [pairs, 2] log-probs kept under `key`, or None."""
-    path = _path(key)
-    return torch.load(path) if path.is_file() else None
+def cached_reference(key: str | None) -> torch.Tensor | None:
+    """The [pairs, 2] log-probs kept under `key`, or None (also when there is no key)."""
+    if key is None or not _path(key).is_file():
+        return None
+    return torch.load(_path(key))
 
 
-def keep_reference(key: str, logprobs: torch.Tensor) -> None:
-    atomic_torch_save(_path(key), logprobs.cpu())
+def keep_reference(key: str | None, logprobs: torch.Tensor) -> None:
+    """Keep `logprobs` under `key`; without a key, nothing."""
+    if key is not None:
+        atomic_torch_save(_path(key), logprobs.cpu())

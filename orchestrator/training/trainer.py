@@ -167,7 +167,7 @@ class MultiObjectiveTrainer(PairTrainer):
             key = reference_key(
                 self.model, self.pairs, cfg.batch_size, cfg.packing, cfg.pack_tokens
             )
-        found = None if key is None else cached_reference(key)
+        found = cached_reference(key)
         everyone = engine.all_reduce_sum(torch.tensor(float(found is not None), device=self.device))
         if found is not None and int(everyone) == engine.world_size:
             self.reference = found
@@ -192,7 +192,7 @@ class MultiObjectiveTrainer(PairTrainer):
                 for b, start in enumerate(starts)
             ]
         ).cpu()
-        if key is not None and engine.rank == 0:
+        if engine.rank == 0:
             keep_reference(key, self.reference)
 
     def _collate(self, indices) -> dict[str, torch.Tensor]:

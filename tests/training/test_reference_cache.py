@@ -175,3 +175,15 @@ def test_weights_partitioned_across_ranks_are_never_cached(tiny_base_dir, encode
     assert reference_key(model, encoded, 8, True, 1024) is not None
     model.model.norm.weight.ds_id = 0  # as ZeRO-3 marks the parameters it partitions
     assert reference_key(model, encoded, 8, True, 1024) is None
+
+
+def test_the_key_names_what_the_weights_do_not_hold(tiny_base_dir, encoded):
+    """Equal weights with another RoPE θ or attention kernel compute other log-probs."""
+    model = steerable(tiny_base_dir)
+    key = reference_key(model, encoded, 8, True, 1024)
+    rope = dict(model.config.rope_parameters)
+    model.config.rope_parameters = {**rope, "rope_theta": 2 * rope["rope_theta"]}
+    assert reference_key(model, encoded, 8, True, 1024) not in (key, None)
+    other = steerable(tiny_base_dir)
+    other.config._attn_implementation = "eager"
+    assert reference_key(other, encoded, 8, True, 1024) not in (key, None)
