@@ -335,13 +335,15 @@ def test_requests_beyond_the_waiting_bound_get_429_with_retry_after(server, adap
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read()), err.headers.get("Retry-After")
 
+    # 24 at once: on a busy machine the proxy can hand 8 over one by one, each after the last
+    # answer (64 steps of the tiny model) is done, and then none is refused.
     try:
-        with ThreadPoolExecutor(8) as threads:
-            results = list(threads.map(send, range(8)))
+        with ThreadPoolExecutor(24) as threads:
+            results = list(threads.map(send, range(24)))
     finally:
         deploy(served_model(str(adapters[0]), settings))
     refused = [r for r in results if r[0] == 429]
-    assert refused and len(refused) <= 6, [r[0] for r in results]  # one decodes, one waits
+    assert refused and len(refused) <= 22, [r[0] for r in results]  # one decodes, one waits
     assert all(r[0] in (200, 429) for r in results)
     assert all(r[1]["usage"]["completion_tokens"] == 64 for r in results if r[0] == 200)
     assert all(r[2] == "1" and r[1]["error"]["type"] == "rate_limit_error" for r in refused)
