@@ -9,7 +9,12 @@ import torch
 from torch import nn
 
 from orchestrator.config.sections import TrainSection
-from orchestrator.model.forward import accepts_logits_to_keep, as_model_mask
+from orchestrator.model.forward import (
+    accepts_logits_to_keep,
+    as_model_mask,
+    hidden_states_as_logits,
+    logit_chunk_tokens,
+)
 from orchestrator.model.svd_lora import (
     adapter_disabled,
     anchored,
@@ -40,21 +45,33 @@ def policy_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
 
 
 def _packed_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """One forward pass over the packed rows; logits only at the positions that predict a
-    response token (with one row, exactly those; with several, the positions any row needs)."""
+    """One forward pass over the packed rows to the final hidden states at the positions that
+    predict a response token (with one row, exactly those; with several, the positions any row
+    needs); the output head then runs on those tokens alone, a chunk at a time
+    (model/forward.py), so a large vocabulary's logits never exist for all of them at once."""
     sources, width = batch["sources"], batch["input_ids"].shape[1]
     rows, positions = sources // width, sources % width
     kept, columns = torch.unique(positions, return_inverse=True)
     options = {"logits_to_keep": kept} if accepts_logits_to_keep(model) else {}
-    logits = model(
-        input_ids=batch["input_ids"],
-        attention_mask=as_model_mask(unwrap(model), batch["attention_mask"], unwrap(model).dtype),
-        position_ids=batch["position_ids"],
-        use_cache=False,
-        **options,
-    ).logits
-    picked = logits[rows, columns if options else positions]
-    return response_logprobs(picked, batch["targets"], batch["owners"], 2 * batch["signs"].shape[0])
+    with hidden_states_as_logits(model) as head:
+        outputs = model(
+            input_ids=batch["input_ids"],
+            attention_mask=as_model_mask(
+                unwrap(model), batch["attention_mask"], unwrap(model).dtype
+            ),
+            position_ids=batch["position_ids"],
+            use_cache=False,
+            **options,
+        ).logits
+    picked = outputs[rows, columns if options else positions]
+    return response_logprobs(
+        picked,
+        batch["targets"],
+        batch["owners"],
+        2 * batch["signs"].shape[0],
+        head=head,
+        chunk=None if head is None else logit_chunk_tokens(head),
+    )
 
 
 @torch.no_grad()

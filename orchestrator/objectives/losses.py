@@ -4,8 +4,11 @@ Shapes: B pairs (or sequences), T tokens, V vocabulary, m objectives. Log-probs 
 response tokens only; everything returned as a loss is differentiable w.r.t. the policy inputs.
 """
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from orchestrator.errors import MoaError
 
@@ -39,15 +42,37 @@ def sequence_logprobs(
 
 
 def response_logprobs(
-    logits: torch.Tensor, targets: torch.Tensor, owners: torch.Tensor, count: int
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    owners: torch.Tensor,
+    count: int,
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of log p(token) per response, and how many tokens it has, from the logits [N, V] that
     predict each response token: targets [N] the tokens, owners [N] their responses (0 ≤ owner
-    < count). Returns (logp [count], length [count]), both float32."""
-    token_nll = F.cross_entropy(logits.float(), targets.long(), reduction="none")
+    < count). Returns (logp [count], length [count]), both float32.
+
+    With `head`, `logits` are the final hidden states [N, H] and head(hidden) the logits; with
+    `chunk` too, the head and log-softmax run on `chunk` tokens at a time and, when gradients
+    flow, each chunk's logits are computed again in the backward pass instead of being kept, so
+    no more than chunk × V logits exist at once."""
+    head = head or (lambda x: x)
+    chunk = chunk or max(len(targets), 1)
+    token_logp = []
+    for start in range(0, len(targets), chunk):
+        part = (logits[start : start + chunk], targets[start : start + chunk])
+        if chunk < len(targets) and torch.is_grad_enabled():
+            token_logp.append(checkpoint(_token_logprobs, head, *part, use_reentrant=False))
+        else:
+            token_logp.append(_token_logprobs(head, *part))
     logps = torch.zeros(count, dtype=torch.float32, device=logits.device)
-    logps = logps.index_add(0, owners, -token_nll)
+    logps = logps.index_add(0, owners, torch.cat(token_logp))
     return logps, torch.bincount(owners, minlength=count).float()
+
+
+def _token_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return -F.cross_entropy(head(hidden).float(), targets.long(), reduction="none")
 
 
 def preference_loss(

@@ -1,6 +1,7 @@
 """Packed pair batches (data/packing.py) give the response log-probs, losses and gradients of the
 padded batches they replace (collate_pairs, the reference): 2 and 3 objectives, a λ per pair,
-the frozen anchor, eager attention, several rows, another architecture."""
+the frozen anchor, eager attention, several rows, another architecture, the output head run a
+chunk of tokens at a time, and a model whose logits are not its head's outputs."""
 
 from dataclasses import replace
 
@@ -16,6 +17,7 @@ from orchestrator.algorithms.panacea import (
 from orchestrator.config.sections import TrainSection
 from orchestrator.data.encoding import EncodedPair, collate_pairs
 from orchestrator.data.packing import pack_pairs, packed_length
+from orchestrator.model import forward
 from orchestrator.model.loading import load_model
 from orchestrator.model.svd_lora import (
     adapter_parameters,
@@ -140,3 +142,69 @@ def test_a_pair_longer_than_a_row_gets_a_row_of_its_own(tokenizer):
     packed = pack_pairs([short, long, short], tokenizer.pad_token_id, row_tokens=100)
     assert packed["input_ids"].shape == (2, packed_length(long))
     assert packed["token_pairs"][0, :8].tolist() == [0, 0, 0, 0, 2, 2, 2, 2]
+
+
+class HeadCalls:
+    """Records how many tokens each call of the output head gets."""
+
+    def __init__(self, model):
+        self.tokens = []
+        model.get_output_embeddings().register_forward_hook(self.record)
+
+    def record(self, module, inputs, output):
+        self.tokens.append(inputs[0].shape[:-1].numel())
+
+
+def test_the_head_runs_on_chunks_of_response_tokens_with_the_padded_gradients(
+    steerable, tokenizer, encoded, monkeypatch
+):
+    model = steerable()
+    vocabulary = model.get_output_embeddings().weight.shape[0]
+    padded, packed = both(encoded[:4], tokenizer.pad_token_id)
+    responses = len(packed["targets"])
+    results = []
+    for chunk in (None, 7):  # one chunk of every response token, then 7 tokens a chunk
+        if chunk:
+            monkeypatch.setattr(forward, "LOGIT_CHUNK_ELEMENTS", chunk * vocabulary)
+        for batch in (padded, packed):
+            calls = HeadCalls(model) if batch is packed else None
+            with preference(model, [0.3, 0.7]):
+                logps = torch.cat(policy_logprobs(model, batch)[:2])
+            model.zero_grad()
+            logps.sum().backward()
+            grads = [p.grad.clone() for p in adapter_parameters(model).values()]
+            results.append((logps.detach(), grads))
+            if calls:
+                model.get_output_embeddings()._forward_hooks.clear()
+                if chunk is None:  # the first use checks the head on 4 tokens, twice
+                    assert calls.tokens[:2] == [4, 4]
+                    assert calls.tokens[2:] == [responses]
+                else:  # each chunk in the forward pass, then again in the backward pass
+                    want = [chunk] * (responses // chunk) + [responses % chunk][: responses % chunk]
+                    assert calls.tokens[: len(want)] == want
+                    assert sorted(calls.tokens[len(want) :]) == sorted(want)
+    for logps, grads in results[1:]:
+        torch.testing.assert_close(logps, results[0][0], atol=1e-5, rtol=1e-6)
+        for got, want in zip(grads, results[0][1], strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_logits_the_model_post_processes_come_from_its_whole_forward(steerable, tokenizer, encoded):
+    model = steerable()
+    head_forward = model.lm_head.forward
+    model.lm_head.forward = lambda hidden: 2.0 * head_forward(hidden)  # seen as it is
+    scaled = model.forward
+
+    def softcapped(*args, **kwargs):  # as Gemma 2 caps its logits after the head
+        out = scaled(*args, **kwargs)
+        out.logits = 30.0 * torch.tanh(out.logits / 30.0)
+        return out
+
+    model.forward = softcapped
+    padded, packed = both(encoded[:4], tokenizer.pad_token_id)
+    with torch.no_grad(), preference(model, [0.5, 0.5]):
+        want, got = policy_logprobs(model, padded), policy_logprobs(model, packed)
+        with forward.hidden_states_as_logits(model) as head:
+            assert head is None
+    for w, g in zip(want, got, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-6)
